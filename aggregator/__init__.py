@@ -1,0 +1,1 @@
+"""aggregator: streaming authorisation (caps, rate limits, Redis pre-authorisation, anomalies)."""

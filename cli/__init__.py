@@ -1,0 +1,1 @@
+"""The `credits` command-line tool."""

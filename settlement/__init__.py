@@ -1,0 +1,1 @@
+"""settlement: the ledger (the only code that posts), batched settlement, reconciliation, sinks."""

@@ -1,0 +1,1 @@
+"""Process-level plumbing: settings and the embedded services behind `credits up`."""
