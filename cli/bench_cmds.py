@@ -1,0 +1,71 @@
+"""``credits bench ...``: benchmarks that print measured figures, JSON on the last line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import psycopg
+
+from cli.common import LOCAL_SERVER_URL, run
+from domain.errors import InvalidInput
+from settlement.ledger import bench
+from settlement.ledger.scratch import scratch_database
+
+
+def register(subparsers: Any) -> None:
+    group = subparsers.add_parser("bench", help="benchmarks (JSON on the last line)")
+    commands = group.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    ledger = commands.add_parser(
+        "ledger", help="one transaction per usage event vs batched settlement"
+    )
+    ledger.add_argument(
+        "--server-url",
+        default=os.environ.get("CREDITS_BENCH_PG_URL", LOCAL_SERVER_URL),
+        help="a PostgreSQL server where scratch databases may be created and dropped",
+    )
+    ledger.add_argument("--events", type=int, default=10_000)
+    ledger.add_argument("--batch-size", type=int, default=5_000)
+    ledger.add_argument("--wallets", type=int, default=100)
+    ledger.set_defaults(handler=_bench_ledger)
+
+
+def _bench_ledger(args: argparse.Namespace) -> int:
+    if not 1 <= args.events <= 1_000_000 or not 1 <= args.batch_size <= 50_000:
+        raise InvalidInput("--events must be 1..1,000,000 and --batch-size 1..50,000")
+    if not 1 <= args.wallets <= 10_000:
+        raise InvalidInput("--wallets must be 1..10,000")
+    events = bench.make_events(args.events, args.wallets)
+    funding = 10 * sum(e.credits for e in events)  # every wallet can afford every event
+
+    async def go() -> dict[str, Any]:
+        with scratch_database(args.server_url) as naive_url, \
+                scratch_database(args.server_url) as batched_url:  # fmt: skip
+            for url in (naive_url, batched_url):
+                await bench._fund(url, args.wallets, funding)
+            async with await psycopg.AsyncConnection.connect(naive_url) as conn:
+                cur = await conn.execute("SHOW synchronous_commit")
+                row = await cur.fetchone()
+            print(f"naive: {len(events)} events, one transaction each ...", flush=True)
+            naive = await bench.run_naive(naive_url, events)
+            print(f"batched: {len(events)} events in batches of {args.batch_size} ...", flush=True)
+            batched = await bench.run_batched(batched_url, events, args.batch_size)
+        return {
+            "events": len(events),
+            "batch_size": args.batch_size,
+            "wallets": args.wallets,
+            "synchronous_commit": row[0] if row else None,
+            "naive_seconds": round(naive.seconds, 3),
+            "batched_seconds": round(batched.seconds, 3),
+            "naive_verified": naive.verified,
+            "batched_verified": batched.verified,
+            "naive_postings_per_s": round(naive.postings_per_s, 1),
+            "batched_postings_per_s": round(batched.postings_per_s, 1),
+            "ratio": round(batched.postings_per_s / naive.postings_per_s, 2),
+        }
+
+    result = run(go())
+    print(json.dumps(result))
+    return 0 if result["naive_verified"] and result["batched_verified"] else 1

@@ -1,0 +1,1 @@
+"""The ledger: schema, the one module that posts (:mod:`settlement.ledger.writer`), the verifier."""
