@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 
-from domain.errors import InsufficientCredits, InvalidInput
+from domain.errors import InsufficientCredits, InvalidAmount, InvalidInput
 from domain.money import require_credits
 
 
@@ -186,48 +186,45 @@ def _plan(txn_type: TxnType, phase: Phase | None, credits: int, *legs: Leg) -> P
     return Plan(txn_type, phase, credits, tuple(legs))
 
 
+def _transfer(
+    txn_type: TxnType, phase: Phase | None, credits: int, source: Account, target: Account
+) -> Plan:
+    """``credits`` (validated first: whole and positive) from ``source`` to ``target``."""
+    require_credits(credits)
+    return Plan(txn_type, phase, credits, _move(credits, source, target))
+
+
 def purchase_pending(credits: int) -> Plan:
-    return _plan(
-        TxnType.CREDIT_PURCHASE,
-        Phase.PENDING,
-        credits,
-        *_move(credits, Platform.PURCHASES, Bucket.PENDING),
+    return _transfer(
+        TxnType.CREDIT_PURCHASE, Phase.PENDING, credits, Platform.PURCHASES, Bucket.PENDING
     )
 
 
 def purchase_confirmed(credits: int) -> Plan:
-    return _plan(
-        TxnType.CREDIT_PURCHASE,
-        Phase.POSTED,
-        credits,
-        *_move(credits, Bucket.PENDING, Bucket.AVAILABLE),
+    return _transfer(
+        TxnType.CREDIT_PURCHASE, Phase.POSTED, credits, Bucket.PENDING, Bucket.AVAILABLE
     )
 
 
 def purchase_failed(credits: int) -> Plan:
-    return _plan(
-        TxnType.CREDIT_PURCHASE,
-        Phase.VOIDED,
-        credits,
-        *_move(credits, Bucket.PENDING, Platform.PURCHASES),
+    return _transfer(
+        TxnType.CREDIT_PURCHASE, Phase.VOIDED, credits, Bucket.PENDING, Platform.PURCHASES
     )
 
 
 def bonus(credits: int) -> Plan:
-    return _plan(
-        TxnType.BONUS_CREDIT, None, credits, *_move(credits, Platform.BONUS_POOL, Bucket.AVAILABLE)
-    )
+    return _transfer(TxnType.BONUS_CREDIT, None, credits, Platform.BONUS_POOL, Bucket.AVAILABLE)
 
 
-@lru_cache(maxsize=1024)  # plans are immutable; settlement builds thousands of identical ones
+# Plans are immutable and settlement builds thousands of identical ones. typed=True, so that
+# 5.0 or True never hit the cached plan for 5 and skip validation.
+@lru_cache(maxsize=1024, typed=True)
 def usage(credits: int) -> Plan:
-    return _plan(
-        TxnType.USAGE_DEDUCTION, None, credits, *_move(credits, Bucket.AVAILABLE, Platform.REVENUE)
-    )
+    return _transfer(TxnType.USAGE_DEDUCTION, None, credits, Bucket.AVAILABLE, Platform.REVENUE)
 
 
 def usage_reversal(credits: int) -> Plan:
-    return _plan(TxnType.REFUND, None, credits, *_move(credits, Platform.REVENUE, Bucket.AVAILABLE))
+    return _transfer(TxnType.REFUND, None, credits, Platform.REVENUE, Bucket.AVAILABLE)
 
 
 def purchase_refund(base_credits: int, bonus_credits: int) -> Plan:
@@ -244,12 +241,7 @@ def purchase_refund(base_credits: int, bonus_credits: int) -> Plan:
 
 
 def hold(credits: int) -> Plan:
-    return _plan(
-        TxnType.USAGE_HOLD,
-        Phase.PENDING,
-        credits,
-        *_move(credits, Bucket.AVAILABLE, Bucket.RESERVED),
-    )
+    return _transfer(TxnType.USAGE_HOLD, Phase.PENDING, credits, Bucket.AVAILABLE, Bucket.RESERVED)
 
 
 def hold_captured(reserved_credits: int, captured_credits: int) -> Plan:
@@ -269,39 +261,23 @@ def hold_captured(reserved_credits: int, captured_credits: int) -> Plan:
 
 def hold_released(reserved_credits: int, phase: Phase = Phase.VOIDED) -> Plan:
     assert phase in (Phase.VOIDED, Phase.EXPIRED)
-    return _plan(
-        TxnType.USAGE_HOLD_RELEASE,
-        phase,
-        reserved_credits,
-        *_move(reserved_credits, Bucket.RESERVED, Bucket.AVAILABLE),
+    return _transfer(
+        TxnType.USAGE_HOLD_RELEASE, phase, reserved_credits, Bucket.RESERVED, Bucket.AVAILABLE
     )
 
 
 def payout_held(credits: int) -> Plan:
-    return _plan(
-        TxnType.PAYOUT_HOLD,
-        Phase.PENDING,
-        credits,
-        *_move(credits, Bucket.AVAILABLE, Bucket.LOCKED),
-    )
+    return _transfer(TxnType.PAYOUT_HOLD, Phase.PENDING, credits, Bucket.AVAILABLE, Bucket.LOCKED)
 
 
 def payout_completed(credits: int) -> Plan:
-    return _plan(
-        TxnType.PAYOUT_RELEASE,
-        Phase.POSTED,
-        credits,
-        *_move(credits, Bucket.LOCKED, Platform.PAYOUT_CLEARING),
+    return _transfer(
+        TxnType.PAYOUT_RELEASE, Phase.POSTED, credits, Bucket.LOCKED, Platform.PAYOUT_CLEARING
     )
 
 
 def payout_cancelled(credits: int) -> Plan:
-    return _plan(
-        TxnType.PAYOUT_RELEASE,
-        Phase.VOIDED,
-        credits,
-        *_move(credits, Bucket.LOCKED, Bucket.AVAILABLE),
-    )
+    return _transfer(TxnType.PAYOUT_RELEASE, Phase.VOIDED, credits, Bucket.LOCKED, Bucket.AVAILABLE)
 
 
 EARNINGS_REASON = "community_earnings"
@@ -310,7 +286,7 @@ EARNINGS_REASON = "community_earnings"
 def admin_adjustment(delta_credits: int, reason: str) -> Plan:
     """A signed manual adjustment; ``community_earnings`` credits are payout-eligible."""
     if isinstance(delta_credits, bool) or not isinstance(delta_credits, int) or not delta_credits:
-        raise InvalidInput(
+        raise InvalidAmount(
             f"adjustment credits must be a non-zero whole number, got {delta_credits!r}",
             field="credits",
         )
