@@ -1,0 +1,157 @@
+"""Real-time authorisation against the Redis mirror: authorize, settle, release.
+
+The consume path (flow 1) and the aggregator (flow 2) both run :func:`authorize`; the
+settlement stage calls :func:`settle` after its ledger transaction commits; a producer whose
+``usage.authorized`` write failed calls :func:`release`. Each call is one atomic script on one
+wallet's slot.
+
+Lifecycle of an event id: authorize -> (authorized: in flight) -> settle (gone from flight;
+its decision stays remembered for the record TTL, so a redelivery is a ``duplicate``) or
+release (back to available; the id may be authorised again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aggregator.decision import AuthRequest, Decision, decision_from_reply
+from aggregator.policy import admission_args, admission_keys, ledger_version_arg
+from aggregator.redis_keys import require_id
+from aggregator.replies import as_list, integer, text
+from aggregator.wallet_store import WalletStore
+
+
+async def authorize(store: WalletStore, request: AuthRequest) -> Decision:
+    """Authorise one operation atomically (idempotency, caps, rate limits, balance).
+
+    On ``AUTHORIZED``: available -= credits, reserved += credits, the event is in flight, its
+    cap counter and rate limits advance. Refusals change no balance or counter; final refusals
+    are remembered like admissions (a redelivered event gets the same answer), transient ones
+    (``RATE_LIMITED``, ``WALLET_NOT_LOADED``) are not. Refusals are not counted here: anomaly
+    detection reads them from ``usage.rejected``, where every refusal goes with its code.
+    Free operations (0 credits) pass a premium pause and an empty wallet, not a freeze, a cap
+    or a rate limit. Raises ``IdempotencyConflict`` if the event id was already used for a
+    different amount or member.
+    """
+    keys = store.keys.wallet(request.wallet_id)
+    reply = await store.scripts.authorize(
+        keys=[
+            keys.wallet,
+            keys.in_flight,
+            keys.event(request.event_id),
+            *admission_keys(keys, request.member_id, request.limits),
+        ],
+        args=[
+            request.event_id,
+            request.member_id,
+            store.record_ttl_ms,
+            *admission_args(
+                request.credits,
+                request.tier,
+                request.now_ms,
+                request.limits,
+                cap_ttl_ms=store.cap_ttl_ms,
+            ),
+        ],
+    )
+    return decision_from_reply(request, as_list(reply))
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """What :func:`settle` did.
+
+    ``late_event_ids`` were released (their produce looked failed) yet reached the ledger: the
+    mirror took their credits from available, short by ``shortfall`` if it could not.
+    ``unknown_event_ids`` were neither in flight nor released: already settled (a replay) or
+    lost with the mirror. If the wallet is not loaded nothing happens (``loaded`` false).
+    """
+
+    wallet_id: str
+    loaded: bool
+    settled_event_ids: tuple[str, ...]
+    settled_credits: int
+    late_event_ids: tuple[str, ...]
+    unknown_event_ids: tuple[str, ...]
+    available_after: int
+    reserved_after: int
+    shortfall: int
+
+
+async def settle(
+    store: WalletStore,
+    wallet_id: str,
+    event_ids: Iterable[str],
+    *,
+    ledger_version: int | None = None,
+) -> SettleResult:
+    """Drop the reservations of events the ledger has committed; idempotent.
+
+    ``ledger_version`` is the wallet's ledger version (a per-wallet monotonic sequence, such
+    as its hash-chain position) after the committing transaction. Pass it: it lets the mirror
+    refuse a reload from an older ledger snapshot, and correct one taken after this commit.
+    """
+    ids = tuple(dict.fromkeys(require_id(e, field="event_id") for e in event_ids))
+    version = ledger_version_arg(ledger_version)
+    keys = store.keys.wallet(wallet_id)
+    raw = await store.scripts.settle(
+        keys=[keys.wallet, keys.in_flight, *(keys.event(e) for e in ids)],
+        args=[version, *ids],
+    )
+    reply = as_list(raw)
+    if text(reply[0]) == "wallet_not_loaded":
+        return SettleResult(wallet_id, False, (), 0, (), ids, 0, 0, 0)
+    n_late = integer(reply[5])
+    late = tuple(text(v) for v in reply[6 : 6 + n_late])
+    unknown = tuple(text(v) for v in reply[7 + n_late :])
+    not_settled = {*late, *unknown}
+    settled = tuple(e for e in ids if e not in not_settled)
+    return SettleResult(
+        wallet_id=wallet_id,
+        loaded=True,
+        settled_event_ids=settled,
+        settled_credits=integer(reply[1]),
+        late_event_ids=late,
+        unknown_event_ids=unknown,
+        available_after=integer(reply[2]),
+        reserved_after=integer(reply[3]),
+        shortfall=integer(reply[4]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    """``released`` is false when the event was not in flight (settled, released or unknown)."""
+
+    wallet_id: str
+    event_id: str
+    released: bool
+    credits: int
+    available_after: int
+    reserved_after: int
+
+
+async def release(store: WalletStore, wallet_id: str, event_id: str) -> ReleaseResult:
+    """Undo an in-flight authorisation whose produce failed: reserved -> available.
+
+    Idempotent, and a no-op once the event is settled. Afterwards the event id may be retried
+    as a fresh authorisation (its remembered decision becomes ``released``); if the event
+    reaches the ledger after all, :func:`settle` reports it as late and charges the mirror.
+    """
+    require_id(event_id, field="event_id")
+    keys = store.keys.wallet(wallet_id)
+    reply = as_list(
+        await store.scripts.release(
+            keys=[keys.wallet, keys.in_flight, keys.event(event_id)],
+            args=[event_id, store.record_ttl_ms],
+        )
+    )
+    return ReleaseResult(
+        wallet_id=wallet_id,
+        event_id=event_id,
+        released=text(reply[0]) == "released",
+        credits=integer(reply[1]),
+        available_after=integer(reply[2]),
+        reserved_after=integer(reply[3]),
+    )
