@@ -65,6 +65,8 @@ class ChdbUsageStore(UsageStore):
         try:
             self._session: _Session | None = session_module.Session(str(data_dir))
         except RuntimeError as exc:
+            if "already initialized" not in str(exc):
+                raise _unavailable(exc) from exc
             raise StateConflict(
                 f"cannot open chdb at {data_dir}: {exc}. chdb runs one data directory per "
                 "process; close the other usage store or point both at the same directory",
@@ -102,7 +104,7 @@ class ChdbUsageStore(UsageStore):
     def _insert_arrow(self, table: str, data: pa.Table, settings: Params) -> None:
         columns = ", ".join(data.column_names)
         clause = ", ".join(f"{name} = '{escape_sql(value)}'" for name, value in settings.items())
-        statement = f"INSERT INTO {table} ({columns}) SETTINGS {clause}"
+        statement = f"INSERT INTO {table} ({columns})" + (f" SETTINGS {clause}" if clause else "")
         payload = arrow_stream_bytes(data)
         with self._lock:
             try:

@@ -1,8 +1,9 @@
 """The usage-sink port: :class:`UsageStore`, its idempotent write path and its query planner.
 
-Backends (chdb in-process, clickhouse-connect for a server) implement four I/O primitives; the
-write algorithm, range planning and every SQL statement live here, so both backends run the same
-statements and one contract suite covers both.
+Backends (chdb in-process, clickhouse-connect for a server) implement three I/O primitives
+(execute, select to Arrow, insert Arrow) and name the batch-keys relation; the write algorithm,
+range planning and every SQL statement live here, so both backends run the same statements and
+one contract suite covers both.
 
 Idempotency (settlement delivers at least once, possibly regrouped after a crash):
 
@@ -284,25 +285,31 @@ def stored_ids_sql(keys: str) -> str:
     )
 
 
-def rollup_drift_sql(table: str, keys: str | None, tz: str) -> str:
-    """Per-cell difference (per-event truth minus rollup) over whole local days of ``table``.
+def rollup_drift_sql(
+    table: str, days: DaySpan, zone: ZoneInfo, keys: str | None
+) -> tuple[str, Params]:
+    """Per-cell difference (per-event truth minus rollup) of ``table`` over local ``days``.
 
     Returns rollup-shaped rows whose sums are the corrections to append; cells that agree are
     filtered out. ``keys`` limits the check to the wallets in that relation (``None``: all).
     """
-    bucket, bucket_expr, lo, hi = (
-        ("hour", schema.hour_bucket_expr("occurred_at", tz), "lo_h", "hi_h")
-        if table == schema.HOURLY_TABLE
-        else ("day", schema.day_bucket_expr("occurred_at", tz), "first", "stop")
-    )
-    bucket_type = DT if table == schema.HOURLY_TABLE else "Date"
+    lo, hi = day_start(days.first, zone), day_start(days.stop, zone)
+    params: Params = {"lo": format_dt64(lo), "hi": format_dt64(hi)}
+    if table == schema.HOURLY_TABLE:
+        bucket, bucket_expr = "hour", schema.hour_bucket_expr("occurred_at", zone.key)
+        bucket_lo, bucket_hi = placeholder("bucket_lo", DT), placeholder("bucket_hi", DT)
+        params.update(bucket_lo=format_dt(lo), bucket_hi=format_dt(hi))
+    else:
+        bucket, bucket_expr = "day", schema.day_bucket_expr("occurred_at", zone.key)
+        bucket_lo, bucket_hi = placeholder("bucket_lo", "Date"), placeholder("bucket_hi", "Date")
+        params.update(bucket_lo=days.first.isoformat(), bucket_hi=days.stop.isoformat())
     wallets = f" AND wallet_id IN (SELECT wallet_id FROM {keys})" if keys else ""
     raw_where = (
         f"WHERE occurred_at >= {placeholder('lo', DT64)}"
         f" AND occurred_at < {placeholder('hi', DT64)}{wallets}"
     )
     dims = ", ".join(schema.ROLLUP_DIMENSIONS)
-    return f"""
+    sql = f"""
 SELECT wallet_id, {bucket}, feature, category, member_id,
        sum(credits) AS dc, sum(events) AS de, sum(quantity) AS dq
 FROM (
@@ -311,13 +318,13 @@ FROM (
     SELECT wallet_id, {bucket}, feature, category, member_id,
            -sum(credits), -sum(events), -sum(quantity)
     FROM {table}
-    WHERE {bucket} >= {placeholder(lo, bucket_type)} AND {bucket} < {placeholder(hi, bucket_type)}
-          {wallets}
+    WHERE {bucket} >= {bucket_lo} AND {bucket} < {bucket_hi}{wallets}
     GROUP BY {dims}, {bucket}
 )
 GROUP BY {dims}, {bucket}
 HAVING dc != 0 OR de != 0 OR dq != 0
 """
+    return sql, params
 
 
 # --- batch shaping (pure) ---------------------------------------------------------------------
@@ -528,26 +535,16 @@ class UsageStore(ABC):
             return self._reconcile(first, last + DAY, wallets)
 
     def _reconcile(self, first: date, stop: date, wallets: Sequence[str] | None) -> int:
-        lo, hi = day_start(first, self._zone), day_start(stop, self._zone)
-        params = {
-            "lo": format_dt64(lo),
-            "hi": format_dt64(hi),
-            "lo_h": format_dt(lo),
-            "hi_h": format_dt(hi),
-            "first": first.isoformat(),
-            "stop": stop.isoformat(),
-        }
         keys = None if wallets is None else keys_table([(w, "") for w in wallets])
         relation = None if wallets is None else self.keys_relation
         appended = 0
         for table in schema.ROLLUP_TABLES:
-            sql = rollup_drift_sql(table, relation, self.day_timezone)
+            sql, params = rollup_drift_sql(table, DaySpan(first, stop), self._zone, relation)
             corrections = self._select(sql, params, keys)
             if corrections.num_rows:
-                names = ["wallet_id", corrections.column_names[1], "feature", "category"]
-                data = corrections.rename_columns(
-                    [*names, "member_id", "credits", "events", "quantity"]
-                )
+                bucket = corrections.column_names[1]
+                names = ["wallet_id", bucket, "feature", "category", "member_id"]
+                data = corrections.rename_columns([*names, "credits", "events", "quantity"])
                 self._insert_arrow(table, data, {"async_insert": "0"})
                 appended += int(corrections.num_rows)
         return appended
