@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL databases migrated to head, one per test."""
+"""Shared fixtures: real PostgreSQL databases migrated to head, and a Redis mirror, per test."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from aggregator.wallet_store import WalletStore
 from settlement.ledger.batch_writer import BatchWriter
 from settlement.ledger.db import open_pool
 from settlement.ledger.operations import Ledger
@@ -14,6 +15,7 @@ from settlement.ledger.scratch import scratch_database
 from settlement.ledger.wallets import Wallets
 from settlement.ledger.writer import Conn
 from tests.pg import ADMIN_URL
+from tests.redis_support import delete_keyspace, new_client, new_keyspace
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +51,13 @@ def wallets(ledger_pool: AsyncConnectionPool[Conn]) -> Wallets:
 @pytest.fixture
 def batch_writer(ledger_pool: AsyncConnectionPool[Conn]) -> BatchWriter:
     return BatchWriter(ledger_pool)
+
+
+@pytest.fixture
+async def mirror() -> AsyncIterator[WalletStore]:
+    """A Redis mirror on the real server under a key prefix of its own."""
+    client = new_client()
+    keys = new_keyspace()
+    yield WalletStore.create(client, keys)
+    await delete_keyspace(client, keys)
+    await client.aclose()

@@ -12,8 +12,8 @@ from aggregator.authorize import authorize
 from aggregator.decision import Decision, Outcome
 from aggregator.policy import Tier
 from aggregator.wallet_store import WalletStore
-from tests.aggregator.conftest import new_client
 from tests.aggregator.support import audit, load, request
+from tests.redis_support import new_client
 
 pytestmark = pytest.mark.redis
 

@@ -12,8 +12,8 @@ from aggregator.mirror import snapshot
 from aggregator.redis_keys import KeySpace
 from aggregator.scripts import script_source
 from aggregator.wallet_store import WalletStore
-from tests.aggregator.conftest import REDIS_URL
 from tests.aggregator.support import load, request
+from tests.redis_support import REDIS_URL
 
 pytestmark = pytest.mark.redis
 

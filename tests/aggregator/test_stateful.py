@@ -24,8 +24,8 @@ from aggregator.holds import capture_hold, release_hold, reserve_hold
 from aggregator.mirror import credit
 from aggregator.policy import Tier
 from aggregator.wallet_store import WalletStore
-from tests.aggregator.conftest import delete_keyspace, new_client, new_keyspace
 from tests.aggregator.support import NOW_MS, audit, load, request
+from tests.redis_support import delete_keyspace, new_client, new_keyspace
 
 T = TypeVar("T")
 CREDITS = st.integers(min_value=0, max_value=40)

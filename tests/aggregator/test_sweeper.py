@@ -12,8 +12,8 @@ from aggregator.hold_types import HoldOutcome, HoldRequest, HoldState
 from aggregator.holds import capture_hold, release_hold, reserve_hold
 from aggregator.redis_keys import hold_index_member
 from aggregator.wallet_store import WalletStore
-from tests.aggregator.conftest import delete_keyspace, new_keyspace
 from tests.aggregator.support import NOW_MS, audit, load
+from tests.redis_support import delete_keyspace, new_keyspace
 
 pytestmark = pytest.mark.redis
 
