@@ -54,7 +54,7 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
-import psutil  # psutil ships no type stubs
+import psutil
 import psycopg
 from psycopg import sql
 

