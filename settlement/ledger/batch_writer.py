@@ -87,6 +87,9 @@ class BatchOutcome:
     posted: tuple[PostedUsage, ...]
     duplicates: tuple[str, ...]
     rejected: tuple[RejectedUsage, ...]
+    # Each locked wallet's ledger version (chain position) after the commit; the Redis mirror
+    # takes it with the settle so that it can order settles against reloads.
+    versions: Mapping[str, int] = field(default_factory=dict)
 
 
 class BatchWriter:
@@ -133,7 +136,8 @@ class BatchWriter:
             )
         await _copy(conn, prepared)
         await _move_heads(conn, heads, versions, {p.wallet_id for p in posted})
-        return BatchOutcome(tuple(posted), tuple(duplicates), tuple(rejected))
+        versions = {wallet_id: head.seq for wallet_id, head in heads.items()}
+        return BatchOutcome(tuple(posted), tuple(duplicates), tuple(rejected), versions)
 
     @staticmethod
     async def _already_posted(conn: Conn, event_ids: list[str]) -> set[str]:

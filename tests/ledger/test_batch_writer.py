@@ -38,6 +38,11 @@ async def test_batch_posts_rejects_and_deduplicates(
     }
     assert (await wallets.get("wal_a")).balances.available == 0
     assert (await wallets.get("wal_b")).balances.available == 2
+    assert outcome.versions == {
+        "wal_a": (await wallets.get("wal_a")).head_seq,
+        "wal_b": (await wallets.get("wal_b")).head_seq,
+    }
+    assert outcome.versions["wal_a"] == 3  # funding + e1 + e5
 
     again = await batch_writer.post_usage(charges[:2] + charges[5:])
     assert again.posted == ()
