@@ -12,14 +12,15 @@ release (back to available; the id may be authorised again).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aggregator.decision import AuthRequest, Decision, decision_from_reply
-from aggregator.policy import admission_args, admission_keys, ledger_version_arg
+from aggregator.policy import MAX_CREDITS, admission_args, admission_keys, ledger_version_arg
 from aggregator.redis_keys import require_id
 from aggregator.replies import as_list, integer, text
 from aggregator.wallet_store import WalletStore
+from domain.money import require_int
 
 
 async def authorize(store: WalletStore, request: AuthRequest) -> Decision:
@@ -63,9 +64,14 @@ class SettleResult:
     """What :func:`settle` did.
 
     ``late_event_ids`` were released (their produce looked failed) yet reached the ledger: the
-    mirror took their credits from available, short by ``shortfall`` if it could not.
-    ``unknown_event_ids`` were neither in flight nor released: already settled (a replay) or
-    lost with the mirror. If the wallet is not loaded nothing happens (``loaded`` false).
+    mirror took their credits from available. ``recovered_event_ids`` had been authorised
+    before the mirror was lost and rebuilt from an older ledger snapshot (no trace of them
+    left): the mirror took their given credits from available. Either is short by
+    ``shortfall`` when available could not cover it (never below zero; the mirror had promised
+    those credits elsewhere, which the caller should treat as drift and reconcile).
+    ``unknown_event_ids`` were neither in flight, released nor recoverable: already settled (a
+    replay) or already reflected by the last load. If the wallet is not loaded nothing is
+    settled (``loaded`` false).
     """
 
     wallet_id: str
@@ -77,6 +83,7 @@ class SettleResult:
     available_after: int
     reserved_after: int
     shortfall: int
+    recovered_event_ids: tuple[str, ...] = ()
 
 
 async def settle(
@@ -85,27 +92,42 @@ async def settle(
     event_ids: Iterable[str],
     *,
     ledger_version: int | None = None,
+    credits: Mapping[str, int] | None = None,
 ) -> SettleResult:
     """Drop the reservations of events the ledger has committed; idempotent.
 
     ``ledger_version`` is the wallet's ledger version (a per-wallet monotonic sequence, such
     as its hash-chain position) after the committing transaction. Pass it: it lets the mirror
     refuse a reload from an older ledger snapshot, and correct one taken after this commit.
+
+    ``credits`` maps event ids to the credits the ledger posted for them. Give it only for
+    events *this* commit posted (not for replayed duplicates, whose posting may predate the
+    mirror's last load): an id the mirror has no trace of, settled with its credits at a
+    version newer than the mirror's load, was lost with the mirror, and its credits are taken
+    from available once (see ``lua/settle.lua``). Without ``credits`` such an id is unknown.
     """
     ids = tuple(dict.fromkeys(require_id(e, field="event_id") for e in event_ids))
+    amounts = credits or {}
+    pairs: list[str | int] = []
+    for e in ids:
+        # -1: credits not given, the id is never debited as lost (see lua/settle.lua).
+        given = (
+            require_int(amounts[e], field="credits", maximum=MAX_CREDITS) if e in amounts else -1
+        )
+        pairs.extend((e, given))
     version = ledger_version_arg(ledger_version)
     keys = store.keys.wallet(wallet_id)
     raw = await store.scripts.settle(
         keys=[keys.wallet, keys.in_flight, *(keys.event(e) for e in ids)],
-        args=[version, *ids],
+        args=[version, store.record_ttl_ms, *pairs],
     )
     reply = as_list(raw)
     if text(reply[0]) == "wallet_not_loaded":
         return SettleResult(wallet_id, False, (), 0, (), ids, 0, 0, 0)
-    n_late = integer(reply[5])
-    late = tuple(text(v) for v in reply[6 : 6 + n_late])
-    unknown = tuple(text(v) for v in reply[7 + n_late :])
-    not_settled = {*late, *unknown}
+    late, after_late = _id_list(reply, 5)
+    unknown, after_unknown = _id_list(reply, after_late)
+    recovered, _ = _id_list(reply, after_unknown)
+    not_settled = {*late, *unknown, *recovered}
     settled = tuple(e for e in ids if e not in not_settled)
     return SettleResult(
         wallet_id=wallet_id,
@@ -117,7 +139,14 @@ async def settle(
         available_after=integer(reply[2]),
         reserved_after=integer(reply[3]),
         shortfall=integer(reply[4]),
+        recovered_event_ids=recovered,
     )
+
+
+def _id_list(reply: Sequence[object], at: int) -> tuple[tuple[str, ...], int]:
+    """The counted id list starting at ``reply[at]``, and the index just after it."""
+    count = integer(reply[at])
+    return tuple(text(v) for v in reply[at + 1 : at + 1 + count]), at + 1 + count
 
 
 @dataclass(frozen=True, slots=True)

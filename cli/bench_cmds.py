@@ -31,6 +31,25 @@ def register(subparsers: Any) -> None:
     ledger.add_argument("--wallets", type=int, default=100)
     ledger.set_defaults(handler=_bench_ledger)
 
+    pipeline = commands.add_parser(
+        "pipeline", help="events produced -> ledger and ClickHouse, vs the Kafka ceiling"
+    )
+    pipeline.add_argument(
+        "--server-url",
+        default=os.environ.get("CREDITS_BENCH_PG_URL", LOCAL_SERVER_URL),
+        help="a PostgreSQL server where a scratch database may be created and dropped",
+    )
+    pipeline.add_argument(
+        "--redis-url",
+        default=os.environ.get("CREDITS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
+        help="Redis for the wallet mirror (keys under a per-run prefix)",
+    )
+    pipeline.add_argument("--events", type=int, default=50_000)
+    pipeline.add_argument("--per-message-events", type=int, default=2_000)
+    pipeline.add_argument("--wallets", type=int, default=1_000)
+    pipeline.add_argument("--partitions", type=int, default=8)
+    pipeline.set_defaults(handler=_bench_pipeline)
+
 
 def _bench_ledger(args: argparse.Namespace) -> int:
     if not 1 <= args.events <= 1_000_000 or not 1 <= args.batch_size <= 50_000:
@@ -71,3 +90,23 @@ def _bench_ledger(args: argparse.Namespace) -> int:
     result = run(go())
     print(json.dumps(result))
     return 0 if result["naive_verified"] and result["batched_verified"] else 1
+
+
+def _bench_pipeline(args: argparse.Namespace) -> int:
+    from stack import pipeline_bench  # noqa: PLC0415 -- the streaming stack, only when asked
+
+    if not 1_000 <= args.events <= 1_000_000 or not 100 <= args.per_message_events <= 100_000:
+        raise InvalidInput("--events must be 1,000..1,000,000, --per-message-events 100..100,000")
+    if not 10 <= args.wallets <= 10_000 or not 1 <= args.partitions <= 64:
+        raise InvalidInput("--wallets must be 10..10,000 and --partitions 1..64")
+    plan = pipeline_bench.BenchPlan(
+        events=args.events,
+        per_message_events=args.per_message_events,
+        wallets=args.wallets,
+        partitions=args.partitions,
+        server_url=args.server_url,
+        redis_url=args.redis_url,
+    )
+    result = run(pipeline_bench.run(plan))
+    print(json.dumps(result))
+    return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1

