@@ -504,10 +504,13 @@ async def run_aggregator(
             authorizer=authorizer, producer=producer, committer=consumer, metrics=metrics,
             topics=config.topics, low_balance_threshold=config.low_balance_threshold,
         )  # fmt: skip
+        # Stopped by an event, never cancelled: redis-py 8's asyncio client can swallow a
+        # cancellation that lands mid-command, and the task would then run on.
+        sweeper_stop = asyncio.Event()
         sweeper = asyncio.create_task(
-            sweep_holds(store, clock, interval_ms=config.hold_sweep_interval_ms, stop=stop)
+            sweep_holds(store, clock, interval_ms=config.hold_sweep_interval_ms, stop=sweeper_stop)
         )
-        stack.push_async_callback(_cancel, sweeper)
+        stack.push_async_callback(_finish, sweeper, sweeper_stop)
         await consume_loop(
             consumer, pipeline, stop=stop, batch_max=config.batch_max, batch_ms=config.batch_ms,
             retry=config.retry, in_flight=in_flight, metrics=metrics,
@@ -528,6 +531,9 @@ def _consumer(config: AggregatorConfig) -> Any:
     )
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.wait([task])  # never re-raises the child's CancelledError as ours
+async def _finish(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Ask ``task`` to end by ``stop`` and wait for it (at most one sweep plus a little)."""
+    stop.set()
+    done, _ = await asyncio.wait([task], timeout=30)
+    if not done:
+        log.error("the hold sweeper did not stop within 30 s; abandoning it")

@@ -37,18 +37,21 @@ async def test_64_concurrent_consumes_authorise_exactly_the_affordable_ones(rig:
     sdk = consumer_for(rig)
     events = [usage(f"r{i}", "w-race", "storage.mb100_month", member_id=f"m{i}") for i in range(64)]
     lowest_seen: list[int] = []
+    racing = asyncio.Event()
 
-    async def watch() -> None:
-        while True:
+    async def watch() -> None:  # stopped by an event: redis-py may swallow a cancellation
+        while not racing.is_set():
             view = await snapshot(rig.store, "w-race")
             if view is not None:
                 lowest_seen.append(view.available)
             await asyncio.sleep(0)
 
     watcher = asyncio.create_task(watch())
-    results = await asyncio.gather(*(sdk.consume(e) for e in events))
-    watcher.cancel()
-    await asyncio.wait([watcher])
+    try:
+        results = await asyncio.gather(*(sdk.consume(e) for e in events))
+    finally:
+        racing.set()
+        await watcher
 
     outcomes = Counter(r.outcome for r in results)
     assert outcomes == {VerdictCode.AUTHORIZED: 20, VerdictCode.INSUFFICIENT_CREDITS: 44}
