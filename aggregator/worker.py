@@ -67,6 +67,7 @@ from meter.schema import MessageSource, SchemaViolation, UsageEvent, decode_usag
 from meter.topics import TopicNames, wallet_key
 from settlement.ledger.db import open_pool
 from stack.metrics import RoleMetrics
+from stack.retry_policy import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,6 @@ class AggregatorStalled(Unavailable):
     """
 
     code = "aggregator_stalled"
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """``attempts`` tries per batch, sleeping ``first_delay_s`` doubling to ``max_delay_s``."""
-
-    attempts: int = 6
-    first_delay_s: float = 0.2
-    max_delay_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -427,7 +419,7 @@ async def _retrying(
         except RETRYABLE as exc:
             if attempt == retry.attempts:
                 raise AggregatorStalled(f"batch failed {attempt} times: {exc!r}") from exc
-            delay = min(retry.first_delay_s * 2 ** (attempt - 1), retry.max_delay_s)
+            delay = retry.delay_s(attempt)
             log.warning("batch failed (attempt %d), retrying in %.1fs: %r", attempt, delay, exc)
             if await _stopped_within(stop, delay):
                 return None  # shutting down: uncommitted, so redelivered after the restart

@@ -90,6 +90,7 @@ from settlement.ledger.writer import Conn
 from settlement.reconciler import reconcile_all, reconcile_wallet
 from settlement.usage_sink import UsageRow, UsageStore, open_usage_store
 from stack.metrics import RoleMetrics
+from stack.retry_policy import RetryPolicy
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -118,15 +119,6 @@ class SettlementStalled(Unavailable):
     """
 
     code = "settlement_stalled"
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """``attempts`` tries per I/O step, sleeping ``first_delay_s`` doubling to ``max_delay_s``."""
-
-    attempts: int = 6
-    first_delay_s: float = 0.2
-    max_delay_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -358,7 +350,6 @@ def _utc_now() -> datetime:
 async def with_retries(policy: RetryPolicy, step: str, action: Callable[[], Awaitable[_T]]) -> _T:
     """Run an idempotent I/O step, retrying outages with backoff; SettlementStalled after
     ``policy.attempts`` failures. Anything not an outage (a bug) propagates at once."""
-    delay = policy.first_delay_s
     for attempt in range(1, policy.attempts + 1):
         try:
             return await action()
@@ -371,8 +362,7 @@ async def with_retries(policy: RetryPolicy, step: str, action: Callable[[], Awai
             _log.warning(
                 "%s failed (attempt %d/%d), retrying: %r", step, attempt, policy.attempts, exc
             )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, policy.max_delay_s)
+            await asyncio.sleep(policy.delay_s(attempt))
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 

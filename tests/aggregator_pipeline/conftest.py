@@ -27,7 +27,6 @@ from aggregator.wallet_store import WalletStore
 from aggregator.worker import (
     AggregatorPipeline,
     OffsetCommitter,
-    RetryPolicy,
     ScriptBatchingRedis,
     consume_loop,
 )
@@ -41,6 +40,7 @@ from settlement.ledger.operations import Ledger
 from settlement.ledger.wallets import Wallets
 from settlement.ledger.writer import Conn
 from stack.metrics import RoleMetrics
+from stack.retry_policy import RetryPolicy
 from stack.tansu import TansuBroker
 from tests.meter import conftest as meter_fixtures
 from tests.meter.kafka_helpers import Record, read_topic, wait_for

@@ -19,7 +19,6 @@ from aggregator.worker import (
     AggregatorConfig,
     AggregatorPipeline,
     AggregatorStalled,
-    RetryPolicy,
     consume_loop,
     run_aggregator,
 )
@@ -28,6 +27,7 @@ from meter.consume import EventAuthorizer
 from meter.schema import decode_usage_authorized
 from settlement.reconciler import reconcile_wallet
 from stack.metrics import RoleMetrics
+from stack.retry_policy import RetryPolicy
 from stack.tansu import free_port
 from tests.aggregator_pipeline.conftest import Rig, consumed, usage
 from tests.meter.kafka_helpers import committed_offsets, wait_for

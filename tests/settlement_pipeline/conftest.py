@@ -20,8 +20,9 @@ from domain.pricing import load_catalogue
 from meter.topics import TopicNames
 from settlement.ledger.batch_writer import BatchWriter
 from settlement.usage_sink import UsageStore
-from settlement.worker import RetryPolicy, SettlementPipeline, open_usage
+from settlement.worker import SettlementPipeline, open_usage
 from stack.metrics import RoleMetrics
+from stack.retry_policy import RetryPolicy
 from stack.tansu import TansuBroker
 
 TEST_PARTITIONS = 4

@@ -18,8 +18,9 @@ from settlement.ledger.wallets import Wallets
 from settlement.ledger.writer import Conn
 from settlement.reconciler import reconcile_all
 from settlement.usage_sink import UsageStore
-from settlement.worker import RetryPolicy, SettlementPipeline, SettlementStalled, plan_batch
+from settlement.worker import SettlementPipeline, SettlementStalled, plan_batch
 from stack.metrics import RoleMetrics
+from stack.retry_policy import RetryPolicy
 from stack.tansu import TansuBroker, free_port
 from tests.ledger.helpers import assert_consistent
 from tests.meter.kafka_helpers import read_topic
