@@ -33,6 +33,16 @@ class InvalidAmount(InvalidInput):
     code = "invalid_amount"
 
 
+class SignatureInvalid(InvalidInput):
+    """A payment or webhook signature is missing, forged, replayed or stale; nothing was done.
+
+    ``details["reason"]`` says which (``missing_signature``, ``bad_signature``, ``stale``,
+    ``replay``, ``malformed``).
+    """
+
+    code = "invalid_signature"
+
+
 class ConfigError(InvalidInput):
     """A checked-in configuration file is invalid. The message names the entry and the field."""
 
@@ -89,3 +99,34 @@ class Unavailable(CreditsError):
 
     code = "unavailable"
     retryable = True
+
+
+class Unauthenticated(CreditsError):
+    """No credentials, or credentials that match no live key (never says which)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(CreditsError):
+    """The credentials are valid but lack the scope or member role the operation needs."""
+
+    code = "forbidden"
+
+
+class IdempotencyInProgress(CreditsError):
+    """A request with this idempotency key is still executing; retry the same request later."""
+
+    code = "idempotency_in_progress"
+    retryable = True
+
+
+class PremiumPaused(CreditsError):
+    """Premium features of the wallet are paused (credits exhausted or under review)."""
+
+    code = "premium_paused"
+
+
+class WalletFrozen(CreditsError):
+    """The wallet is frozen; nothing may be spent from it until an operator reinstates it."""
+
+    code = "wallet_frozen"

@@ -20,6 +20,11 @@ environment variable           meaning
 ``CREDITS_DRAIN_TIMEOUT_S``    how long a stopping stack waits for the pipeline to drain
 ``CREDITS_AGGREGATOR_BATCH``   aggregator batch: max events (2000); 1 = per-message
 ``CREDITS_SETTLEMENT_BATCH``   settlement batch: max events (5000); 1 = per-message
+``CREDITS_ADMIN_KEY``          the platform admin API key; unset: ``credits up`` makes one
+``CREDITS_API_HOST``           where the API listens (``127.0.0.1``)
+``CREDITS_PUBLIC_URL``         the API's public base URL (payment webhooks); unset: its own
+``CREDITS_GATEWAY``            payment gateway: ``sandbox`` (default) or ``razorpay``
+``CREDITS_LOW_BALANCE``        default low-balance threshold in credits (200)
 =============================  ==============================================================
 """
 
@@ -62,6 +67,11 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, gt=0, alias="CREDITS_DRAIN_TIMEOUT_S")
     aggregator_batch: int = Field(default=2000, ge=1, le=100_000, alias="CREDITS_AGGREGATOR_BATCH")
     settlement_batch: int = Field(default=5000, ge=1, le=100_000, alias="CREDITS_SETTLEMENT_BATCH")
+    admin_key: str | None = Field(default=None, min_length=32, alias="CREDITS_ADMIN_KEY")
+    api_host: str = Field(default="127.0.0.1", alias="CREDITS_API_HOST")
+    public_url: str | None = Field(default=None, alias="CREDITS_PUBLIC_URL")
+    gateway: str = Field(default="sandbox", pattern="^(sandbox|razorpay)$", alias="CREDITS_GATEWAY")
+    low_balance_threshold: int = Field(default=200, ge=1, alias="CREDITS_LOW_BALANCE")
 
     def chdb_dir(self, data_dir: Path | None = None) -> Path:
         """Where chdb keeps its files: ``<data dir>/chdb``. Only meaningful without

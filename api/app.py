@@ -1,0 +1,53 @@
+"""The FastAPI application: routers, problem-details errors, and the services' lifespan.
+
+``create_app(config)`` opens every dependency in its lifespan (:func:`api.services.open_services`)
+and closes them on shutdown; background tasks (the live-update hub, the auto-recharge worker)
+register on ``services.exits`` so they stop before the clients they use. OpenAPI is at
+``/openapi.json`` and the interactive docs at ``/docs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routers import admin, health, payouts, spend, wallet
+from api.services import ApiConfig, ApiServices, open_services
+from domain.clock import Clock
+
+ROUTERS = (health.router, wallet.router, spend.router, payouts.router, admin.router)
+"""Every router the app serves; a new area adds its router here."""
+
+Starter = Callable[[ApiServices], Any]
+STARTERS: list[Starter] = []
+"""Coroutines run once services are open (background workers), in order; each registers
+its own shutdown on ``services.exits``."""
+
+
+def create_app(config: ApiConfig, *, clock: Clock | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_services(config, clock=clock) as services:
+            app.state.services = services
+            for start in STARTERS:
+                await start(services)
+            yield
+
+    app = FastAPI(
+        title="CommDesk Credits API",
+        version="1.0.0",
+        description=(
+            "Prepaid credits for CommDesk: wallets, spending, payments, auto-recharge, "
+            "payouts, analytics and live updates. Every mutating call takes an "
+            "`Idempotency-Key` header; errors are problem-details bodies with a stable `code`."
+        ),
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

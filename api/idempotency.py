@@ -1,0 +1,185 @@
+"""``Idempotency-Key``: a retried mutating request gets the stored response, never a re-run.
+
+Every mutating route requires the header (1-255 printable ASCII characters). Keys are scoped
+to the caller's wallet (the platform admin has its own scope) and remembered for
+:data:`RECORD_TTL_S` (24 h, like Stripe). The record lives in Redis:
+
+1. ``SET NX`` an ``in_progress`` record holding the request's fingerprint (method, path and
+   the canonical JSON body). Only the request that set it executes.
+2. A concurrent request with the same key and fingerprint waits (polling, up to
+   :data:`WAIT_S`) for the first to finish and replays its response; after that it gets
+   ``idempotency_in_progress`` (409, retryable). A different fingerprint is refused at once
+   with ``idempotency_conflict`` (409), whatever the record's state.
+3. The executing request stores its final response (status, body) unless it is retryable
+   (429, 5xx, ``idempotency_in_progress``): then the record is deleted so a retry runs anew.
+   A replay carries ``Idempotent-Replayed: true``.
+
+Redis is not the last line of defence: each route derives its ledger ``source_id`` (payment
+id, event id, adjustment id...) from the key, and the ledger is unique on it, so even a
+record lost with Redis (or a lock that expired under a stalled request) cannot double-post —
+it can only cost the exact replay of the first response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from api.errors import problem_for
+from domain.errors import (
+    CreditsError,
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    InvalidInput,
+)
+
+HEADER = "Idempotency-Key"
+RECORD_TTL_S = 24 * 3600
+LOCK_TTL_S = 60
+WAIT_S = 5.0
+_POLL_S = 0.01
+_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def require_key(raw: str | None) -> str:
+    if raw is None or raw == "":
+        raise InvalidInput(f"the {HEADER} header is required on every mutating call", field=HEADER)
+    if not _KEY_RE.match(raw):
+        raise InvalidInput(
+            f"{HEADER} must be 1-255 printable ASCII characters without spaces", field=HEADER
+        )
+    return raw
+
+
+def derived_id(prefix: str, scope: str, key: str) -> str:
+    """A stable, ledger-safe id for what ``key`` creates (e.g. ``pay_…``, ``evt_…``)."""
+    return f"{prefix}_{hashlib.sha256(f'{scope}|{key}'.encode()).hexdigest()[:24]}"
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    try:
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))
+    except (ValueError, UnicodeDecodeError):
+        canonical = body.hex()
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    status: int
+    body: Any
+    media_type: str
+
+
+def _retryable(status: int, body: Any) -> bool:
+    code = body.get("code") if isinstance(body, dict) else None
+    return status == 429 or status >= 500 or code == IdempotencyInProgress.code
+
+
+class IdempotencyStore:
+    def __init__(self, client: Any, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+
+    def _redis_key(self, scope: str, key: str) -> str:
+        return f"{self._prefix}:idem:{scope}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    async def execute(
+        self,
+        *,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        instance: str,
+        action: Callable[[], Awaitable[tuple[int, Any]]],
+    ) -> Response:
+        rkey = self._redis_key(scope, key)
+        token = secrets.token_hex(8)
+        claim = json.dumps({"state": "in_progress", "fp": fingerprint, "owner": token})
+        if not await self._client.set(rkey, claim, nx=True, ex=LOCK_TTL_S):
+            return await self._existing(rkey, fingerprint, instance)
+        try:
+            status, body = await action()
+            media_type = "application/json"
+        except CreditsError as exc:
+            failure = problem_for(exc, instance)
+            status, body = failure.status_code, json.loads(bytes(failure.body))
+            media_type = failure.media_type or "application/problem+json"
+        except BaseException:
+            await self._client.delete(rkey)
+            raise
+        if _retryable(status, body):
+            await self._client.delete(rkey)
+        else:
+            record = {"state": "done", "fp": fingerprint, "status": status, "body": body,
+                      "media_type": media_type}  # fmt: skip
+            await self._client.set(rkey, json.dumps(record), ex=RECORD_TTL_S)
+        return _response(Stored(status, body, media_type), replayed=False)
+
+    async def _existing(self, rkey: str, fingerprint: str, instance: str) -> Response:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while True:
+            raw = await self._client.get(rkey)
+            if raw is None:
+                # The first request failed retryably and let go: this one may run after all.
+                raise IdempotencyInProgress(
+                    "the first request with this key did not finish; retry it",
+                    retry_after_ms=100,
+                )
+            record = json.loads(raw)
+            if record["fp"] != fingerprint:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was used with a different request; "
+                    "use a new key for a new request"
+                )
+            if record["state"] == "done":
+                stored = Stored(record["status"], record["body"], record["media_type"])
+                return _response(stored, replayed=True)
+            if loop.time() >= deadline:
+                raise IdempotencyInProgress(
+                    "a request with this Idempotency-Key is still executing", retry_after_ms=500
+                )
+            await asyncio.sleep(_POLL_S)
+
+
+def _response(stored: Stored, *, replayed: bool) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    if stored.status == 204:
+        return Response(status_code=204, headers=headers)
+    return JSONResponse(
+        stored.body, status_code=stored.status, media_type=stored.media_type, headers=headers
+    )
+
+
+async def run_idempotent(
+    request: Request,
+    scope: str,
+    key: str,
+    action: Callable[[], Awaitable[tuple[int, BaseModel | dict[str, Any]]]],
+) -> Response:
+    """Execute ``action`` once per (scope, key); see the module docstring."""
+    store: IdempotencyStore = request.app.state.services.idempotency
+
+    async def run() -> tuple[int, Any]:
+        status, model = await action()
+        body = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
+        return status, body
+
+    return await store.execute(
+        scope=scope,
+        key=key,
+        fingerprint=fingerprint(request.method, request.url.path, await request.body()),
+        instance=request.url.path,
+        action=run,
+    )

@@ -1,0 +1,152 @@
+"""The API over real HTTP: uvicorn on a free port in the test loop, real PostgreSQL (a database
+cloned per test), the real Redis (a key prefix per test) and Tansu (topics per test).
+
+``api`` yields an :class:`ApiHarness`: an httpx client on the server, the admin token, and
+helpers that create wallets through the API itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest_asyncio
+import uvicorn
+from fastapi import FastAPI
+
+from aggregator.redis_keys import KeySpace
+from api.app import create_app
+from api.services import ApiConfig, ApiServices
+from meter.topics import TopicNames
+from stack.tansu import TansuBroker
+from tests.meter import conftest as meter_fixtures
+from tests.redis_support import REDIS_URL, delete_keyspace, new_client
+
+tansu = meter_fixtures.tansu
+topics = meter_fixtures.topics
+
+
+@dataclass
+class Tenant:
+    wallet_id: str
+    owner_member: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class ApiHarness:
+    client: httpx.AsyncClient
+    app: FastAPI
+    base_url: str
+    admin_token: str
+    config: ApiConfig
+    tenants: list[Tenant] = field(default_factory=list)
+
+    @property
+    def services(self) -> ApiServices:
+        found: ApiServices = self.app.state.services
+        return found
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    async def post(
+        self, path: str, body: Any = None, *, headers: dict[str, str], key: str | None = None
+    ) -> httpx.Response:
+        """POST with a fresh Idempotency-Key unless ``key`` is given."""
+        all_headers = {**headers, "Idempotency-Key": key or uuid.uuid4().hex}
+        return await self.client.post(path, json=body, headers=all_headers)
+
+    async def tenant(self, credits: int = 0, *, owner_type: str = "community") -> Tenant:
+        """A new wallet with an owner key, funded with ``credits`` by an admin adjustment."""
+        wallet_id = f"w_{uuid.uuid4().hex[:10]}"
+        owner = f"owner_{uuid.uuid4().hex[:6]}"
+        created = await self.post(
+            "/admin/wallets",
+            {"wallet_id": wallet_id, "owner_type": owner_type, "owner_id": owner,
+             "owner_member_id": owner},
+            headers=self.admin,
+        )  # fmt: skip
+        assert created.status_code == 201, created.text
+        tenant = Tenant(wallet_id, owner, created.json()["owner_key"]["token"])
+        if credits:
+            await self.fund(tenant, credits)
+        self.tenants.append(tenant)
+        return tenant
+
+    async def fund(self, tenant: Tenant, credits: int, reason: str = "goodwill") -> None:
+        funded = await self.post(
+            f"/admin/wallets/{tenant.wallet_id}/adjustments",
+            {"credits": credits, "reason": reason, "actor": "tests"},
+            headers=self.admin,
+        )
+        assert funded.status_code == 201, funded.text
+
+    async def key(self, tenant: Tenant, member_id: str, role: str, scopes: list[str]) -> str:
+        """Add ``member_id`` with ``role`` and issue it a key with ``scopes``."""
+        added = await self.post(
+            "/wallet/members", {"member_id": member_id, "role": role}, headers=tenant.headers
+        )
+        assert added.status_code == 200, added.text
+        issued = await self.post(
+            "/wallet/keys",
+            {"member_id": member_id, "name": f"{member_id} key", "scopes": scopes},
+            headers=tenant.headers,
+        )
+        assert issued.status_code == 201, issued.text
+        token: str = issued.json()["token"]
+        return token
+
+
+async def serve(app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    """Run ``app`` under uvicorn on a free port in this loop; return when it accepts requests."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises why it could not start
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+def api_config(database_url: str, topics: TopicNames, tansu: TansuBroker, prefix: str) -> ApiConfig:
+    return ApiConfig(
+        database_url=database_url,
+        redis_url=REDIS_URL,
+        kafka_bootstrap=tansu.bootstrap,
+        topics=topics,
+        key_prefix=prefix,
+        admin_key=secrets.token_urlsafe(32),
+        pool_max_size=30,
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(
+    ledger_db_url: str, topics: TopicNames, tansu: TansuBroker
+) -> AsyncIterator[ApiHarness]:
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    config = api_config(ledger_db_url, topics, tansu, prefix)
+    app = create_app(config)
+    server, task, base_url = await serve(app)
+    assert config.admin_key is not None
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        yield ApiHarness(client, app, base_url, config.admin_key, config)
+    server.should_exit = True
+    await task
+    redis = new_client()
+    await delete_keyspace(redis, KeySpace(prefix))
+    await redis.aclose()
