@@ -16,10 +16,12 @@ from domain.errors import CreditsError
 # Command modules, in the order their groups appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "up_cmds",
+    "api_cmds",
     "worker_cmds",
     "demo_cmds",
     "ledger_cmds",
     "bench_cmds",
+    "forecast_cmds",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
         default=None,
         help="where embedded services keep their files (default: $CREDITS_DATA_DIR or ./.credits)",
     )
-    up.add_argument("--port", type=int, default=8000, help="the API's port (once the API exists)")
+    up.add_argument(
+        "--port", type=int, default=8000, help="the API's port (default 8000; 0: a free port)"
+    )
     up.add_argument("--no-demo", action="store_true", help="skip the demo community wallet")
     up.add_argument(
         "--demo-traffic",
@@ -55,8 +57,8 @@ def register(subparsers: Any) -> None:
 def _up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # group-join chatter
-    if not 1 <= args.port <= 65535:
-        raise InvalidInput(f"--port must be 1..65535, got {args.port}", field="port")
+    if not 0 <= args.port <= 65535:
+        raise InvalidInput(f"--port must be 0..65535, got {args.port}", field="port")
     if args.traffic_rate <= 0:
         raise InvalidInput("--traffic-rate must be > 0 events per second", field="traffic_rate")
     settings = load_settings()

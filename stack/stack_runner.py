@@ -37,9 +37,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import httpx
 import psutil
 import psycopg
 
@@ -50,6 +51,7 @@ from meter.topics import TopicNames
 from settlement.ledger.db import open_pool
 from settlement.ledger.migrate import upgrade
 from settlement.ledger.verify import VerifyReport, verify_ledger
+from stack.api_access import admin_key, demo_owner_key
 from stack.demo_history import DEMO_WALLET, DemoSummary, seed_demo
 from stack.demo_traffic import TrafficReport, new_run_id
 from stack.drain import DrainReport, Stage, wait_until_drained
@@ -82,6 +84,8 @@ _log = logging.getLogger("credits.up")
 AGGREGATOR = "aggregator"
 SETTLEMENT = "settlement"
 DEMO = "demo"
+API = "api"
+DEMO_OWNER = "priya"
 WORKER_STOP_TIMEOUT_S = 20.0  # a worker finishes its batch in flight before exiting
 STACK_LOCK_NAME = "stack.lock"
 BROKER_PID_NAME = "tansu.pid"
@@ -136,6 +140,8 @@ class _Resolved:
     mirror: MirrorSyncReport | None = None
     stack_metrics_port: int = 0
     ready: dict[str, RoleReady] = field(default_factory=dict)
+    admin_key: str = ""
+    demo_key: str | None = None
 
 
 class StackRunner:
@@ -158,6 +164,8 @@ class StackRunner:
         self._at = _Resolved()
         self._workers: Supervisor | None = None
         self._traffic: Supervisor | None = None
+        self._api: Supervisor | None = None
+        self._api_port = options.api_port
         self._pipeline_up = False
 
     # --- entry point -------------------------------------------------------------------------
@@ -215,9 +223,11 @@ class StackRunner:
         await self._sync_mirror()
         self._check_stop()
         await self._start_workers(exits)
+        await self._start_api(exits)
         if self._traffic_wanted() and not self.options.once:
             await self._start_traffic(exits)
         await self._wait_ready()
+        await self._wait_api()
         self._pipeline_up = True
         _log.info("stack up in %.1fs (data dir %s)", time.monotonic() - started, self.data_dir)
 
@@ -378,6 +388,54 @@ class StackRunner:
         await workers.start(self._role_spec(SETTLEMENT, "worker", SETTLEMENT))
         await workers.start(self._role_spec(AGGREGATOR, "worker", AGGREGATOR))
 
+    async def _start_api(self, exits: AsyncExitStack) -> None:
+        """The API as a supervised child; it stops before the drain (no new spends)."""
+        self._at.admin_key = admin_key(self.data_dir, self.settings.admin_key)
+        if self._at.demo is not None:
+            self._at.demo_key = await demo_owner_key(
+                self._at.database_url, self.data_dir, self._at.demo.wallet_id, DEMO_OWNER
+            )
+        api = Supervisor(self.data_dir, policy=RestartPolicy())
+        self._api = api
+        exits.push_async_callback(self._stop_api)
+        self._api_port = self.options.api_port or free_port()
+        spec = self._role_spec(API, "api", "--port", str(self._api_port))
+        env = {**spec.env, "CREDITS_ADMIN_KEY": self._at.admin_key}
+        await api.start(replace(spec, env=env, url=self.api_url))
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api_host}:{self._api_port}"
+
+    async def _wait_api(self) -> None:
+        """The API's ready file is written before uvicorn binds; wait until it answers."""
+        deadline = time.monotonic() + self.options.ready_timeout_s
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                self._check_stop()
+                try:
+                    if (await client.get(f"{self.api_url}/health")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"the API did not answer on {self.api_url}; see its log")
+                await asyncio.sleep(0.1)
+
+    async def _probe_api(self) -> tuple[str, str | None]:
+        """``GET /wallet`` with the demo key: (report line, problem or None)."""
+        if not self._at.demo_key:
+            return "GET /health answered", None
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(
+                f"{self.api_url}/wallet",
+                headers={"Authorization": f"Bearer {self._at.demo_key}"},
+            )
+        if response.status_code != 200:
+            return "", f"GET /wallet answered {response.status_code}: {response.text[:200]}"
+        available = response.json()["balances"]["available"]
+        return f"GET /wallet 200 (demo wallet available {available} credits)", None
+
     def _traffic_wanted(self) -> bool:
         return self.options.demo_traffic and self._at.demo is not None
 
@@ -402,7 +460,7 @@ class StackRunner:
 
     async def _wait_ready(self) -> None:
         """Wait until every child serves its metrics (its ready file appears)."""
-        supervisors = [s for s in (self._workers, self._traffic) if s is not None]
+        supervisors = [s for s in (self._workers, self._api, self._traffic) if s is not None]
         pending = {status.name: s for s in supervisors for status in s.status()}
         deadline = time.monotonic() + self.options.ready_timeout_s
         while pending:
@@ -450,10 +508,13 @@ class StackRunner:
         self._at.demo = await self._demo_now()
         scrapes = await scrape_all(self._metrics_endpoints())
         problems = self._once_problems(burst, scrapes)
+        api_line, api_problem = await self._probe_api()
+        problems += [api_problem] if api_problem else []
         lines = [self._banner(), "", "Once check"]
         if burst is not None:
             lines += [f"  demo burst   {line}" for line in burst.lines()]
         lines += [f"  metrics      {scrape.line()}" for scrape in scrapes]
+        lines += [f"  api          {api_line}"] if api_line else []
         lines += [f"  PROBLEM      {problem}" for problem in problems]
         lines.append(f"  result       {'OK' if not problems else 'FAILED'}")
         print("\n".join(lines), flush=True)
@@ -553,6 +614,10 @@ class StackRunner:
 
     # --- shutdown (registered on the exit stack; runs in reverse) ----------------------------
 
+    async def _stop_api(self) -> None:
+        if self._api is not None:
+            await self._api.shutdown("stack stopping: the API before the drain")
+
     async def _stop_traffic(self) -> None:
         if self._traffic is not None:
             await self._traffic.shutdown("stack stopping: traffic first")
@@ -602,17 +667,19 @@ class StackRunner:
         for service in at.services:
             lines.append(f"  {service.name:<13}{service.where}")
             lines += [f"  {'':<13}{detail}" for detail in service.details]
-        for name in (AGGREGATOR, SETTLEMENT, DEMO):
+        for name in (AGGREGATOR, SETTLEMENT, API, DEMO):  # the API line shows its URL too
             lines += self._role_lines(name)
         if DEMO not in at.ready:
             reason = "--once sends a burst instead" if self.options.once else "off"
             lines.append(f"  {'demo traffic':<13}{reason}")
         lines.append(f"  {'stack':<13}pid {os.getpid()}, metrics "
                      f"{metrics_url(at.stack_metrics_port)} (mirror drift)")  # fmt: skip
-        lines.append(
-            f"  {'API':<13}port {self.options.api_port} reserved (the API is not part of "
-            "this build yet)"
-        )
+        lines.append(f"  {'API':<13}{self.api_url}  (docs {self.api_url}/docs)")
+        lines.append(f"  {'admin key':<13}{at.admin_key}")
+        if at.demo_key:
+            lines.append(
+                f"  {'demo key':<13}{at.demo_key}  (owner {DEMO_OWNER} of the demo wallet)"
+            )
         lines.append(f"  {'data dir':<13}{self.data_dir}")
         if at.verified is not None:
             state = "verified" if at.verified.ok else "VERIFY FAILED"
@@ -632,6 +699,10 @@ class StackRunner:
                 "  credits demo --rate 20 --duration 30",
             ]
         lines.append("  credits ledger verify")
+        if at.demo_key:
+            lines.append(
+                f"  curl -s -H 'Authorization: Bearer {at.demo_key}' {self.api_url}/wallet"
+            )
         if AGGREGATOR in at.ready:
             lines.append(f"  curl -s {at.ready[AGGREGATOR].metrics_url} | grep ^credits_")
         return "\n".join(lines)
@@ -647,6 +718,7 @@ class StackRunner:
             SETTLEMENT: f"group {self.settings.settlement_group}: {self.topics.usage_authorized}"
             " -> ledger, Redis, ClickHouse",
             DEMO: f"{self.options.traffic_rate:g} events/s (mean) to {DEMO_WALLET}",
+            API: f"FastAPI (uvicorn) on {self.api_url}",
         }[name]
         return [
             f"  {label:<13}pid {ready.pid}, metrics {ready.metrics_url}",

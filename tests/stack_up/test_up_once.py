@@ -35,7 +35,17 @@ def _env() -> dict[str, str]:
 
 def _start(data_dir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--once", "--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "up",
+            "--once",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+        ],
         cwd=REPO,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -82,7 +92,7 @@ def _alive(pid: int) -> bool:
 
 def _assert_nothing_left(run: Run, data_dir: Path) -> None:
     pids = {int(p) for p in re.findall(r"\bpid (\d+)", run.out)}
-    assert len(pids) >= 6, run.out  # postgres, redis, tansu, both workers, the stack itself
+    assert len(pids) >= 7, run.out  # postgres, redis, tansu, both workers, the API, the stack
     assert not [pid for pid in pids if _alive(pid)], "processes outlived credits up"
     strays = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
@@ -112,7 +122,10 @@ def test_up_once_runs_the_whole_pipeline_embedded_and_leaves_nothing_behind(
         run.field(rf"^  {role} +pid \d+, metrics http://127\.0\.0\.1:\d+/metrics$")
         run.field(rf"^ +log {re.escape(str(tmp_path / 'logs' / role))}\.log$")
     run.field(r"^  stack +pid \d+, metrics http://127\.0\.0\.1:\d+/metrics")
-    run.field(r"^  API +port 8000")
+    run.field(r"^  API +http://127\.0\.0\.1:\d+  \(docs http://127\.0\.0\.1:\d+/docs\)$")
+    run.field(r"^  admin key +\S{32,}$")
+    run.field(r"^  demo key +cdk_[0-9a-f]{16}_\S+  \(owner priya")
+    run.field(r"^  api +GET /wallet 200 \(demo wallet available \d+ credits\)$")
     run.field(r"^  demo wallet +wal_demo_community \(\d+ transactions")
     run.field(r"^  ledger +verified \(ledger verify OK")
     run.field(r"^  mirror +reconciled 1 wallets")

@@ -1,0 +1,95 @@
+"""``credits api``: serve the HTTP API (uvicorn) as a role process.
+
+Service URLs come from the environment (``stack.settings``), like the workers'; ``credits up``
+starts this as a supervised child with the URLs it resolved. Metrics and the ready file work
+as for every role (``stack.role_process``); the ready file is written once the API accepts
+requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from cli.common import run
+from domain.errors import InvalidInput
+from stack.metrics import RoleMetrics
+from stack.role_process import run_role
+from stack.settings import Settings, load_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def register(subparsers: Any) -> None:
+    api = subparsers.add_parser("api", help="serve the HTTP API (FastAPI under uvicorn)")
+    api.add_argument("--host", default=None, help="listen address (default $CREDITS_API_HOST)")
+    api.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    api.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: free)")
+    api.add_argument("--ready-file", type=Path, default=None, help="written once serving")
+    api.set_defaults(handler=_api)
+
+
+def api_config(settings: Settings) -> Any:
+    """The API's config from the process settings; every URL must be set."""
+    from api.services import ApiConfig  # noqa: PLC0415 -- keep `credits --help` light
+
+    missing = [
+        name
+        for name, value in (
+            ("DATABASE_URL", settings.database_url),
+            ("REDIS_URL", settings.redis_url),
+            ("KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
+        )
+        if not value
+    ]
+    if missing:
+        raise InvalidInput(
+            f"credits api needs {', '.join(missing)} (or run `credits up`)", missing=missing
+        )
+    assert settings.database_url
+    assert settings.redis_url
+    assert settings.kafka_bootstrap
+    return ApiConfig(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        kafka_bootstrap=settings.kafka_bootstrap,
+        key_prefix=settings.key_prefix,
+        admin_key=settings.admin_key,
+        public_url=settings.public_url,
+        gateway=settings.gateway,
+        low_balance_threshold=settings.low_balance_threshold,
+        clickhouse_url=settings.clickhouse_url,
+    )
+
+
+def _api(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    if not 0 <= args.port <= 65535:
+        raise InvalidInput(f"--port must be 0..65535, got {args.port}", field="port")
+    settings = load_settings()
+    config = api_config(settings)
+    host = args.host or settings.api_host
+
+    async def main(stop: asyncio.Event, metrics: RoleMetrics) -> None:
+        import uvicorn  # noqa: PLC0415
+
+        from api.app import create_app  # noqa: PLC0415
+
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(config), host=host, port=args.port, log_level="info",
+                access_log=False, lifespan="on",
+            )
+        )  # fmt: skip
+        serving = asyncio.create_task(server.serve())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stopping.cancel()
+        await serving
+
+    return run(run_role("api", main, metrics_port=args.metrics_port, ready_file=args.ready_file))
