@@ -62,7 +62,7 @@ def _event(wallet_id: str, member_id: str, **fields: object) -> UsageEvent:
     try:
         return make_usage_event(wallet_id=wallet_id, member_id=member_id, **fields)
     except SchemaViolation as exc:
-        raise InvalidInput(exc.message, reason=exc.reason.value, **exc.details) from None
+        raise InvalidInput(exc.message, **{**exc.details, "reason": exc.reason.value}) from None
 
 
 def _consume_out(event_id: str, result: ConsumeResult) -> ConsumeOut:
