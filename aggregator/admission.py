@@ -24,6 +24,7 @@ Rules, from SPEC §4-§5:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -93,6 +94,7 @@ def mirror_event_id(event: UsageEvent) -> str:
     return event.hold_id if event.hold_id is not None else event.event_id
 
 
+@functools.cache  # a handful of (limit, category) pairs; asked for every event
 def gcra_rate(limit: ConfiguredRate, category: Category) -> RateLimit:
     """One GCRA for a per-second and per-minute pair: burst ``per_second``, rate ``per_minute``."""
     window_ms = math.ceil(limit.per_second * _MINUTE_MS / limit.per_minute)

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 from aggregator.decision import AuthRequest, Decision, decision_from_reply
 from aggregator.policy import MAX_CREDITS, admission_args, admission_keys, ledger_version_arg
+from aggregator.redis_client import ScriptCall, run_scripts
 from aggregator.redis_keys import require_id
 from aggregator.replies import as_list, integer, text
 from aggregator.wallet_store import WalletStore
+from domain.errors import IdempotencyConflict
 from domain.money import require_int
 
 
@@ -35,15 +37,44 @@ async def authorize(store: WalletStore, request: AuthRequest) -> Decision:
     or a rate limit. Raises ``IdempotencyConflict`` if the event id was already used for a
     different amount or member.
     """
+    script, keys, args = _authorize_call(store, request)
+    return decision_from_reply(request, as_list(await script(keys=keys, args=args)))
+
+
+async def authorize_many(
+    store: WalletStore, requests: Sequence[AuthRequest]
+) -> list[Decision | IdempotencyConflict]:
+    """:func:`authorize` each request, one after another in the given order, in one round trip.
+
+    Each authorisation is the same atomic script, so every answer is what awaiting
+    :func:`authorize` for each request in turn would give (a wallet's requests keep their
+    order). A reused event id answers with its :class:`IdempotencyConflict` in its place; any
+    other failure raises, after which any prefix of the requests may have been decided: ask
+    again with the same requests (idempotent on the event id).
+    """
+    replies = await run_scripts(store.client, [_authorize_call(store, r) for r in requests])
+    decisions: list[Decision | IdempotencyConflict] = []
+    for request, reply in zip(requests, replies, strict=True):
+        if isinstance(reply, Exception):
+            raise reply
+        try:
+            decisions.append(decision_from_reply(request, as_list(reply)))
+        except IdempotencyConflict as conflict:
+            decisions.append(conflict)
+    return decisions
+
+
+def _authorize_call(store: WalletStore, request: AuthRequest) -> ScriptCall:
     keys = store.keys.wallet(request.wallet_id)
-    reply = await store.scripts.authorize(
-        keys=[
+    return (
+        store.scripts.authorize,
+        [
             keys.wallet,
             keys.in_flight,
             keys.event(request.event_id),
             *admission_keys(keys, request.member_id, request.limits),
         ],
-        args=[
+        [
             request.event_id,
             request.member_id,
             store.record_ttl_ms,
@@ -56,7 +87,6 @@ async def authorize(store: WalletStore, request: AuthRequest) -> Decision:
             ),
         ],
     )
-    return decision_from_reply(request, as_list(reply))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +136,47 @@ async def settle(
     version newer than the mirror's load, was lost with the mirror, and its credits are taken
     from available once (see ``lua/settle.lua``). Without ``credits`` such an id is unknown.
     """
-    ids = tuple(dict.fromkeys(require_id(e, field="event_id") for e in event_ids))
-    amounts = credits or {}
+    call = SettleCall(wallet_id, tuple(event_ids), ledger_version, credits)
+    ids = _settle_ids(call)
+    script, keys, args = _settle_call(store, call, ids)
+    return _settle_result(call.wallet_id, ids, await script(keys=keys, args=args))
+
+
+@dataclass(frozen=True, slots=True)
+class SettleCall:
+    """The arguments of one :func:`settle` (see there)."""
+
+    wallet_id: str
+    event_ids: tuple[str, ...]
+    ledger_version: int | None = None
+    credits: Mapping[str, int] | None = None
+
+
+async def settle_many(store: WalletStore, calls: Sequence[SettleCall]) -> list[SettleResult]:
+    """:func:`settle` each call, one after another in the given order, in one round trip.
+
+    Every settle is the same atomic script on one wallet; the answers are those of awaiting
+    :func:`settle` for each call in turn. Raises on any failure, after which any prefix of the
+    calls may have run: settle again (idempotent).
+    """
+    ids = [_settle_ids(c) for c in calls]
+    replies = await run_scripts(
+        store.client, [_settle_call(store, c, i) for c, i in zip(calls, ids, strict=True)]
+    )
+    results: list[SettleResult] = []
+    for call, call_ids, reply in zip(calls, ids, replies, strict=True):
+        if isinstance(reply, Exception):
+            raise reply
+        results.append(_settle_result(call.wallet_id, call_ids, reply))
+    return results
+
+
+def _settle_ids(call: SettleCall) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(require_id(e, field="event_id") for e in call.event_ids))
+
+
+def _settle_call(store: WalletStore, call: SettleCall, ids: tuple[str, ...]) -> ScriptCall:
+    amounts = call.credits or {}
     pairs: list[str | int] = []
     for e in ids:
         # -1: credits not given, the id is never debited as lost (see lua/settle.lua).
@@ -115,12 +184,16 @@ async def settle(
             require_int(amounts[e], field="credits", maximum=MAX_CREDITS) if e in amounts else -1
         )
         pairs.extend((e, given))
-    version = ledger_version_arg(ledger_version)
-    keys = store.keys.wallet(wallet_id)
-    raw = await store.scripts.settle(
-        keys=[keys.wallet, keys.in_flight, *(keys.event(e) for e in ids)],
-        args=[version, store.record_ttl_ms, *pairs],
+    version = ledger_version_arg(call.ledger_version)
+    keys = store.keys.wallet(call.wallet_id)
+    return (
+        store.scripts.settle,
+        [keys.wallet, keys.in_flight, *(keys.event(e) for e in ids)],
+        [version, store.record_ttl_ms, *pairs],
     )
+
+
+def _settle_result(wallet_id: str, ids: tuple[str, ...], raw: object) -> SettleResult:
     reply = as_list(raw)
     if text(reply[0]) == "wallet_not_loaded":
         return SettleResult(wallet_id, False, (), 0, (), ids, 0, 0, 0)

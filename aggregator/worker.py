@@ -6,11 +6,13 @@ raised). One partition's batch, top to bottom (:meth:`AggregatorPipeline.process
     0. poll     up to ``batch_max`` records (``max_poll_records``), waiting at most ``batch_ms``
     1. decode   (pure) bytes -> UsageEvent; a SchemaViolation goes to the dead-letter topic with
                 its reason (acks=all): kept, never dropped, and the batch flows on
-    2. decide   per wallet in log order, wallets concurrently (``EventAuthorizer``, shared with
+    2. decide   each wallet's events in log order (``EventAuthorizer``, shared with
                 the SDK): admission (pure: price, tier, cap, limits) -> authorise in Redis, or
                 capture the event's hold; an unloaded wallet is loaded from the ledger and asked
                 once more; an unknown feature or wallet is a refusal with its reason. The
-                concurrent wallets' scripts share round trips (:class:`ScriptBatchingRedis`)
+                batch's authorisations go in one round trip, each its own atomic script
+                (``EventAuthorizer.decide_many``); the rest share round trips
+                (:class:`ScriptBatchingRedis`)
     3. shape    (pure) UsageAuthorized | UsageRejected per event; LowBalance once per crossing
                 and PremiumPaused on exhaustion (wallet.events); anomaly findings ->
                 SuspiciousBurn (alerts.suspicious-burn, at most one per wallet per cooldown)
@@ -39,7 +41,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -52,14 +54,16 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.asyncio import Redis
 
-from aggregator.admission import Verdict, VerdictCode, now_ms, refused
+from aggregator.admission import Verdict, now_ms
 from aggregator.anomaly import AlertGate, BurnDetector, Finding, Observation, to_alert
+from aggregator.gc_tuning import tuned_for_batches
 from aggregator.hold_sweeper import sweep_expired
+from aggregator.redis_client import connect
 from aggregator.redis_keys import KeySpace
 from aggregator.wallet_store import WalletStore
 from domain.caps import load_caps
 from domain.clock import Clock, SystemClock
-from domain.errors import InvalidInput, Unavailable, UnknownFeature
+from domain.errors import InvalidInput, Unavailable
 from domain.pricing import load_catalogue
 from meter.consume import DecisionProducer, EventAuthorizer, Outbound, usage_message
 from meter.consume import wallet_messages as wallet_event_messages
@@ -174,7 +178,6 @@ class AggregatorPipeline:
         topics: TopicNames,
         low_balance_threshold: int = 200,
         detector: BurnDetector | None = None,
-        concurrency: int = 64,
     ) -> None:
         self._authorizer = authorizer
         self._producer = producer
@@ -184,7 +187,6 @@ class AggregatorPipeline:
         self._low_balance_threshold = low_balance_threshold
         self._detector = detector or BurnDetector()
         self._gate = AlertGate(self._detector.settings.alert_cooldown_ms)
-        self._slots = asyncio.Semaphore(concurrency)
 
     @property
     def clock(self) -> Clock:
@@ -206,27 +208,12 @@ class AggregatorPipeline:
         return self._count(records, decided, letters, messages, time.perf_counter() - started)
 
     async def _decide(self, events: Sequence[tuple[InboundRecord, UsageEvent]]) -> list[_Decided]:
-        """Each wallet's events in log order; different wallets concurrently."""
-        by_wallet: dict[str, list[tuple[int, InboundRecord, UsageEvent]]] = defaultdict(list)
-        for index, (record, event) in enumerate(events):
-            by_wallet[event.wallet_id].append((index, record, event))
-        results: list[_Decided | None] = [None] * len(events)
-
-        async def run(chain: list[tuple[int, InboundRecord, UsageEvent]]) -> None:
-            async with self._slots:
-                for index, record, event in chain:
-                    results[index] = _Decided(record, await self._verdict(event))
-
-        await _all(*(run(chain) for chain in by_wallet.values()))
-        return [r for r in results if r is not None]
-
-    async def _verdict(self, event: UsageEvent) -> Verdict:
-        try:
-            return await self._authorizer.decide(event)
-        except UnknownFeature as exc:
-            return refused(event, VerdictCode.UNKNOWN_FEATURE, exc.message)
-        except InvalidInput as exc:
-            return refused(event, VerdictCode.INVALID_REQUEST, exc.message)
+        """Each wallet's events in log order, the batch's authorisations in shared round trips
+        (``EventAuthorizer.decide_many``)."""
+        verdicts = await self._authorizer.decide_many([event for _, event in events])
+        return [
+            _Decided(record, verdict) for (record, _), verdict in zip(events, verdicts, strict=True)
+        ]
 
     def _shape(self, verdict: Verdict, at: datetime) -> tuple[Outbound, ...]:
         usage = usage_message(
@@ -395,8 +382,10 @@ async def consume_loop(
     metrics: RoleMetrics | None = None,
 ) -> None:
     """Poll -> one batch per partition (concurrently, each committing its own offsets) -> poll,
-    until ``stop`` is set; the batch in flight always finishes first. ``consumer`` is a started
-    AIOKafkaConsumer, subscribed or assigned. Raises :class:`AggregatorStalled`."""
+    until ``stop`` is set; the batch in flight always finishes first. Partitions run
+    concurrently so that one batch's Python work overlaps another's Redis and Kafka waits.
+    ``consumer`` is a started AIOKafkaConsumer, subscribed or assigned. Raises
+    :class:`AggregatorStalled`."""
     lock = in_flight or asyncio.Lock()
     while not stop.is_set():
         fetched = await consumer.getmany(timeout_ms=batch_ms, max_records=batch_max)
@@ -478,7 +467,7 @@ async def run_aggregator(
     commits first). Raises :class:`AggregatorStalled` when a batch cannot be processed."""
     clock: Clock = SystemClock()
     async with AsyncExitStack() as stack:
-        client = ScriptBatchingRedis.from_url(config.redis_url)
+        client = connect(config.redis_url, ScriptBatchingRedis)
         stack.push_async_callback(client.aclose)
         store = WalletStore.create(client, KeySpace(config.key_prefix))
         pool = await open_pool(config.database_url)
@@ -503,6 +492,7 @@ async def run_aggregator(
             sweep_holds(store, clock, interval_ms=config.hold_sweep_interval_ms, stop=sweeper_stop)
         )
         stack.push_async_callback(_finish, sweeper, sweeper_stop)
+        stack.enter_context(tuned_for_batches())
         await consume_loop(
             consumer, pipeline, stop=stop, batch_max=config.batch_max, batch_ms=config.batch_ms,
             retry=config.retry, in_flight=in_flight, metrics=metrics,

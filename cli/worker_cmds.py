@@ -50,6 +50,13 @@ def register(subparsers: Any) -> None:
     settlement.add_argument(
         "--clickhouse-url", default=None, help="ClickHouse server (default: $CLICKHOUSE_URL)"
     )
+    settlement.add_argument(
+        "--query-port",
+        type=int,
+        default=None,
+        help="serve read-only usage queries for the API on 127.0.0.1:PORT (0: a free port; "
+        "default: off). The embedded stack needs it: only this process can open chdb",
+    )
     settlement.set_defaults(handler=_settlement)
 
 
@@ -131,6 +138,7 @@ def _settlement(args: argparse.Namespace) -> int:
         group_id=settings.settlement_group,
         key_prefix=settings.key_prefix,
         batch_max=settings.settlement_batch,
+        query_port=args.query_port,
     )
 
     async def main(stop: asyncio.Event, metrics: RoleMetrics) -> None:

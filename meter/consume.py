@@ -36,6 +36,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -49,14 +50,20 @@ from aggregator.admission import (
     verdict_of_capture,
     verdict_of_decision,
 )
-from aggregator.authorize import authorize, release
+from aggregator.authorize import authorize, authorize_many, release
 from aggregator.decision import AuthRequest, Decision, Outcome
 from aggregator.hold_types import HoldOutcome
 from aggregator.holds import capture_hold
 from aggregator.wallet_store import WalletStore
 from domain.caps import CapsConfig
 from domain.clock import Clock
-from domain.errors import IdempotencyConflict, Unavailable, UnknownWallet
+from domain.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    Unavailable,
+    UnknownFeature,
+    UnknownWallet,
+)
 from domain.pricing import PricingCatalogue
 from meter.producer import Delivery, PublishFailed, UsageProducer
 from meter.schema import Decision as AuthorizedAs
@@ -73,6 +80,9 @@ from settlement.ledger.writer import Conn
 from settlement.reconciler import reconcile_wallet
 
 log = logging.getLogger(__name__)
+
+FOLLOW_UP_CONCURRENCY = 64
+"""Wallets a batch decides one event at a time (holds, loads) at once."""
 
 EXHAUSTED = "credits_exhausted"
 """The ``reason`` of a premium pause caused by the wallet running out of credits."""
@@ -214,6 +224,118 @@ class EventAuthorizer:
         except IdempotencyConflict as exc:
             return refused(event, VerdictCode.IDEMPOTENCY_CONFLICT, exc.message, request.credits)
 
+    async def decide_many(self, events: Sequence[UsageEvent]) -> list[Verdict]:
+        """Decide ``events`` as :meth:`decide` would one after another, sharing Redis round trips.
+
+        Each wallet's events are decided in the given order. The plain authorisations go in
+        one round trip (:func:`~aggregator.authorize.authorize_many`); a wallet with a hold
+        capture in the batch goes one event at a time, and a wallet the mirror has not loaded
+        is loaded from the ledger and its waiting events asked once more, in order. (If the
+        wallet is loaded by someone else mid-batch, its earlier events may then be decided
+        after its later ones: each decision is still atomic and idempotent.) Unlike
+        :meth:`decide`, an event that cannot be admitted (unknown feature, invalid amount) is
+        refused with its reason, not raised. Infrastructure errors raise, as in :meth:`decide`.
+        """
+        now = self.clock.now()
+        verdicts: list[Verdict | None] = [None] * len(events)
+        one_by_one = {e.wallet_id for e in events if e.hold_id is not None}
+        batched: list[tuple[int, AuthRequest]] = []
+        for index, event in enumerate(events):
+            if event.wallet_id in one_by_one:
+                continue
+            try:
+                batched.append((index, admit(event, self.catalogue, self.caps, now)))
+            except UnknownFeature as exc:
+                verdicts[index] = refused(event, VerdictCode.UNKNOWN_FEATURE, exc.message)
+            except InvalidInput as exc:
+                verdicts[index] = refused(event, VerdictCode.INVALID_REQUEST, exc.message)
+        decisions = await authorize_many(self.store, [request for _, request in batched])
+        unloaded: dict[str, list[tuple[int, AuthRequest]]] = defaultdict(list)
+        for (index, request), decision in zip(batched, decisions, strict=True):
+            event = events[index]
+            if isinstance(decision, IdempotencyConflict):
+                verdicts[index] = refused(
+                    event, VerdictCode.IDEMPOTENCY_CONFLICT, decision.message, request.credits
+                )
+            elif decision.outcome is Outcome.WALLET_NOT_LOADED:
+                unloaded[request.wallet_id].append((index, request))
+            else:
+                verdicts[index] = verdict_of_decision(event, decision)
+        chains: dict[str, list[tuple[int, UsageEvent]]] = defaultdict(list)
+        for index, event in enumerate(events):
+            if event.wallet_id in one_by_one:
+                chains[event.wallet_id].append((index, event))
+        slots = asyncio.Semaphore(FOLLOW_UP_CONCURRENCY)
+        await _every(
+            *(self._decide_chain(chain, verdicts, slots) for chain in chains.values()),
+            *(
+                self._load_and_decide(wallet_id, waiting, events, verdicts, slots)
+                for wallet_id, waiting in unloaded.items()
+            ),
+        )
+        assert all(v is not None for v in verdicts), "every event is decided"
+        return [v for v in verdicts if v is not None]
+
+    async def _decide_chain(
+        self,
+        chain: Sequence[tuple[int, UsageEvent]],
+        verdicts: list[Verdict | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        async with slots:
+            await self._decide_each(chain, verdicts)
+
+    async def _decide_each(
+        self, chain: Sequence[tuple[int, UsageEvent]], verdicts: list[Verdict | None]
+    ) -> None:
+        for index, event in chain:
+            try:
+                verdicts[index] = await self.decide(event)
+            except UnknownFeature as exc:
+                verdicts[index] = refused(event, VerdictCode.UNKNOWN_FEATURE, exc.message)
+            except InvalidInput as exc:
+                verdicts[index] = refused(event, VerdictCode.INVALID_REQUEST, exc.message)
+
+    async def _load_and_decide(
+        self,
+        wallet_id: str,
+        waiting: Sequence[tuple[int, AuthRequest]],
+        events: Sequence[UsageEvent],
+        verdicts: list[Verdict | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        async with slots:
+            await self._load_then_authorize(wallet_id, waiting, events, verdicts)
+
+    async def _load_then_authorize(
+        self,
+        wallet_id: str,
+        waiting: Sequence[tuple[int, AuthRequest]],
+        events: Sequence[UsageEvent],
+        verdicts: list[Verdict | None],
+    ) -> None:
+        """Load ``wallet_id`` from the ledger, then decide its waiting events in order."""
+        try:
+            await reconcile_wallet(self.pool, self.store, wallet_id)
+        except UnknownWallet as exc:
+            for index, request in waiting:
+                verdicts[index] = refused(
+                    events[index], VerdictCode.UNKNOWN_WALLET, exc.message, request.credits
+                )
+            return
+        for index, request in waiting:
+            event = events[index]
+            try:
+                verdicts[index] = verdict_of_decision(event, await self._authorize(request))
+            except UnknownWallet as exc:
+                verdicts[index] = refused(
+                    event, VerdictCode.UNKNOWN_WALLET, exc.message, request.credits
+                )
+            except IdempotencyConflict as exc:
+                verdicts[index] = refused(
+                    event, VerdictCode.IDEMPOTENCY_CONFLICT, exc.message, request.credits
+                )
+
     async def release(self, verdict: Verdict) -> None:
         """Undo a fresh authorisation whose message could not be produced."""
         assert verdict.authorized, "only an authorisation holds a reservation"
@@ -241,6 +363,14 @@ class EventAuthorizer:
                 self.store, event.wallet_id, event.hold_id, result.credits, at
             )
         return verdict_of_capture(event, request.credits, result)
+
+
+async def _every(*steps: Any) -> None:
+    """Await every step to its end, then raise the first failure (none is left running)."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,12 @@ One batch, top to bottom (:meth:`SettlementPipeline.process_batch`, then the com
     6. record   posted, duplicate and free events in ClickHouse (idempotent on event id)
     7. commit   the batch's offsets, only now that every write above is durable
 
+Two batches overlap (:func:`settle_batches`): the next one is polled, decoded and planned
+(steps 0-2, no writes) while this one runs steps 3-7; its own steps 3-7 start only after this
+batch's offsets are committed, so the writes, and what a crash leaves, are as for one batch.
+The next batch stops filling as soon as this one is written (waiting longer only adds lag):
+under load it holds whatever arrived during one write, up to ``batch_max``.
+
 A crash (kill -9) anywhere redelivers the batch from the last committed offset, and every step
 is idempotent, so nothing is lost or charged twice. What a crash leaves, step by step:
 
@@ -68,7 +74,9 @@ from aiokafka.errors import KafkaError
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from aggregator.authorize import SettleResult, release, settle
+from aggregator.authorize import SettleCall, release, settle_many
+from aggregator.gc_tuning import tuned_for_batches
+from aggregator.redis_client import connect
 from aggregator.redis_keys import KeySpace
 from aggregator.wallet_store import WalletStore
 from domain.errors import InvalidInput, Unavailable, UnknownFeature
@@ -89,6 +97,7 @@ from settlement.ledger.db import open_pool
 from settlement.ledger.writer import Conn
 from settlement.reconciler import reconcile_all, reconcile_wallet
 from settlement.usage_sink import UsageRow, UsageStore, open_usage_store
+from settlement.usage_sink.query_service import serve_usage_queries
 from stack.metrics import RoleMetrics
 from stack.retry_policy import RetryPolicy
 
@@ -96,8 +105,9 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 ROLE: Final = "settlement"
-SETTLE_CONCURRENCY: Final = 32  # wallets settled at once (one Lua call each)
 MAX_LEDGER_METADATA_KEYS: Final = 32
+PREPARE_CHUNK: Final = 250  # records decoded between two yields to the event loop
+WRITER_POLL_MS: Final = 10  # how often a filling batch checks whether the writer is free
 RETRYABLE: Final = (
     Unavailable,  # ClickHouse, and our own typed outages
     psycopg.OperationalError,  # connection lost, pool timeout, serialization failure
@@ -140,6 +150,7 @@ class SettlementConfig:
     reconcile_days: int = 2  # ClickHouse rollup days repaired at start-up
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     pricing_path: Path | None = None  # None: the packaged catalogue
+    query_port: int | None = None  # read-only usage query service (None: off; 0: a free port)
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_max <= 100_000:
@@ -338,6 +349,15 @@ class BatchReport:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch decoded and planned (steps 1-2, pure), ready to be written."""
+
+    records: tuple[InboundRecord, ...]
+    poison: tuple[tuple[InboundRecord, SchemaViolation], ...]
+    plan: BatchPlan
+
+
+@dataclass(frozen=True, slots=True)
 class _Settled:
     recovered: int
     drifted: frozenset[str]
@@ -401,10 +421,34 @@ class SettlementPipeline:
 
     async def process_batch(self, records: Sequence[InboundRecord]) -> BatchReport:
         """Settle ``records`` (any mix of partitions); see the module docstring for the order."""
-        started = time.perf_counter()
+        return await self.write(self.prepare(records))
+
+    def prepare(self, records: Sequence[InboundRecord]) -> PreparedBatch:
+        """Steps 1-2 without I/O (decode, plan), so that the next batch can be prepared while
+        this one is written."""
         decoded, poison = decode_batch(records)
-        await self._step("kafka dead letters", lambda: self._dead_letter(poison))
         plan = plan_batch(decoded, self._catalogue, self._clock())
+        return PreparedBatch(tuple(records), tuple(poison), plan)
+
+    async def prepare_interleaved(self, records: Sequence[InboundRecord]) -> PreparedBatch:
+        """:meth:`prepare`, yielding to the event loop every ``PREPARE_CHUNK`` records: the
+        batch being written meanwhile resumes as its database, Redis and ClickHouse replies
+        arrive, instead of waiting for this one's decoding to finish."""
+        decoded: list[UsageAuthorized] = []
+        poison: list[tuple[InboundRecord, SchemaViolation]] = []
+        for start in range(0, len(records), PREPARE_CHUNK):
+            chunk_decoded, chunk_poison = decode_batch(records[start : start + PREPARE_CHUNK])
+            decoded += chunk_decoded
+            poison += chunk_poison
+            await asyncio.sleep(0)
+        plan = plan_batch(decoded, self._catalogue, self._clock())
+        return PreparedBatch(tuple(records), tuple(poison), plan)
+
+    async def write(self, batch: PreparedBatch) -> BatchReport:
+        """Steps 1 (dead letters) and 3-6 of a prepared batch; returns once all is durable."""
+        started = time.perf_counter()
+        records, poison, plan = batch.records, batch.poison, batch.plan
+        await self._step("kafka dead letters", lambda: self._dead_letter(poison))
         outcome = await self._step("postgres", lambda: self.writer.post_usage(plan.charges))
         settled = await self._step("redis settle", lambda: self._settle(plan, outcome))
         refused = (*plan.refused, *_ledger_refusals(plan, outcome))
@@ -449,19 +493,9 @@ class SettlementPipeline:
         for event in plan.events:
             if event.charge is None:
                 ids[event.wallet_id].append(event.settlement_id)
-        gate = asyncio.Semaphore(SETTLE_CONCURRENCY)
-
-        async def one(wallet_id: str) -> SettleResult:
-            async with gate:
-                return await settle(
-                    self.mirror,
-                    wallet_id,
-                    ids[wallet_id],
-                    ledger_version=outcome.versions.get(wallet_id),
-                    credits=credits.get(wallet_id),
-                )
-
-        results = await asyncio.gather(*(one(wallet_id) for wallet_id in ids))
+        calls = [SettleCall(w, tuple(ids[w]), outcome.versions.get(w), credits.get(w)) for w in ids]
+        # One round trip for the batch; each wallet's settle is still its own atomic script.
+        results = await settle_many(self.mirror, calls)
         for result in results:
             if result.shortfall:
                 _log.warning(
@@ -586,11 +620,12 @@ async def run_settlement(
     async with AsyncExitStack() as stack:
         pool = await open_pool(config.database_url, min_size=1, max_size=4)
         stack.push_async_callback(pool.close)
-        client = Redis.from_url(config.redis_url)
+        client = connect(config.redis_url, Redis)
         stack.push_async_callback(client.aclose)
         mirror = WalletStore.create(client, KeySpace(prefix=config.key_prefix))
         usage = await asyncio.to_thread(open_usage, config.clickhouse_url, config.data_dir)
         stack.callback(usage.close)
+        await serve_usage_queries(stack, usage, config.query_port)
         producer = await _started(_producer(config), config.bootstrap)
         stack.push_async_callback(producer.stop)
         await converge(
@@ -612,13 +647,8 @@ async def run_settlement(
         await _started(consumer, config.bootstrap)
         stack.push_async_callback(consumer.stop)
         _log.info("settling %s as group %s", config.topics.usage_authorized, config.group_id)
-        while not stop.is_set():
-            records = await next_batch(consumer, config.batch_max, config.batch_ms, stop)
-            if records:
-                async with guard.lock:  # a rebalance waits until the batch is committed
-                    await pipeline.process_batch(records)
-                    await _commit(consumer, records)
-            await _observe_lag(consumer, metrics)
+        stack.enter_context(tuned_for_batches())
+        await settle_batches(consumer, pipeline, guard, config, stop=stop, metrics=metrics)
 
 
 def open_usage(clickhouse_url: str | None, data_dir: Path) -> UsageStore:
@@ -657,16 +687,27 @@ async def converge(
 
 
 async def next_batch(
-    consumer: AIOKafkaConsumer, batch_max: int, batch_ms: int, stop: asyncio.Event
+    consumer: AIOKafkaConsumer,
+    batch_max: int,
+    batch_ms: int,
+    stop: asyncio.Event,
+    writing: asyncio.Future[Any] | None = None,
 ) -> list[Any]:
     """Up to ``batch_max`` records: the first within ``batch_ms`` (else none: idle), the rest
-    within ``batch_ms`` of the first. Per-partition order is kept."""
+    within ``batch_ms`` of the first, or until ``writing`` (the batch being written meanwhile)
+    is done, whichever first: once the writer is free, waiting longer only adds latency, and
+    under load the batch still grows to whatever arrived during one write. Per-partition
+    order is kept."""
     records: list[Any] = []
     deadline: float | None = None
     while len(records) < batch_max and not stop.is_set():
         wait_ms = batch_ms if deadline is None else int((deadline - time.monotonic()) * 1000)
         if wait_ms <= 0:
             break
+        if records and writing is not None:
+            if writing.done():
+                break
+            wait_ms = min(wait_ms, WRITER_POLL_MS)
         fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=batch_max - len(records))
         for partition_records in fetched.values():
             records.extend(partition_records)
@@ -675,6 +716,60 @@ async def next_batch(
         if deadline is None:
             deadline = time.monotonic() + batch_ms / 1000
     return records
+
+
+async def settle_batches(
+    consumer: AIOKafkaConsumer,
+    pipeline: SettlementPipeline,
+    guard: _BatchGuard,
+    config: SettlementConfig,
+    *,
+    stop: asyncio.Event,
+    metrics: RoleMetrics,
+) -> None:
+    """Steps 0-7 batch after batch until ``stop``, two batches overlapped: while one is
+    written (ledger -> Redis -> ClickHouse -> offsets), the next is fetched, decoded and
+    planned. Writes stay in order: a batch's ledger transaction starts only after the previous
+    batch's offsets are committed, so a crash still leaves at most the uncommitted batches to
+    redeliver. Returns once the batch in flight is committed; raises its SettlementStalled."""
+    writing: asyncio.Task[None] | None = None
+    try:
+        while not stop.is_set():
+            records = await next_batch(
+                consumer, config.batch_max, config.batch_ms, stop, writing=writing
+            )
+            prepared = await pipeline.prepare_interleaved(records) if records else None
+            if writing is not None:
+                await writing
+                writing = None
+            if prepared is not None:
+                writing = asyncio.create_task(_write(consumer, pipeline, guard, prepared))
+            await _observe_lag(consumer, metrics)
+    finally:
+        if writing is not None:
+            await asyncio.wait([writing])  # never abandon a batch half-way
+    if writing is not None:
+        writing.result()
+
+
+async def _write(
+    consumer: AIOKafkaConsumer,
+    pipeline: SettlementPipeline,
+    guard: _BatchGuard,
+    batch: PreparedBatch,
+) -> None:
+    async with guard.lock:  # a rebalance waits until the batch is committed
+        owned = consumer.assignment()
+        if any(_tp(r) not in owned for r in batch.records):
+            # Revoked while it was prepared: the new owner settles those records.
+            batch = pipeline.prepare([r for r in batch.records if _tp(r) in owned])
+        if batch.records:
+            await pipeline.write(batch)
+            await _commit(consumer, batch.records)
+
+
+def _tp(record: InboundRecord) -> TopicPartition:
+    return TopicPartition(record.topic, record.partition)
 
 
 async def _commit(consumer: AIOKafkaConsumer, records: Sequence[InboundRecord]) -> None:

@@ -24,13 +24,18 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+import psutil
 import psycopg
+import redis
 
+from aggregator.gc_tuning import tuned_for_batches
 from meter.producer import UsageProducer
 from meter.schema import UsageEvent, encode, make_usage_event
 from meter.topics import TopicNames, wallet_key
@@ -59,10 +64,15 @@ class BenchPlan:
 class SideResult:
     events: int
     seconds: float
+    produce_seconds: float  # of ``seconds``, until the last event was acknowledged
+    cpu_seconds: dict[str, float]  # per process (or service) over the timed window
 
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds
+
+    def cpu_us_per_event(self) -> dict[str, float]:
+        return {name: round(s * 1e6 / self.events, 1) for name, s in self.cpu_seconds.items()}
 
 
 def make_events(prefix: str, count: int, wallets: int) -> list[UsageEvent]:
@@ -78,6 +88,60 @@ def make_events(prefix: str, count: int, wallets: int) -> list[UsageEvent]:
         )
         for i in range(count)
     ]
+
+
+class CpuMeter:
+    """CPU seconds (user + system) each part of the pipeline spends over the timed window.
+
+    Robust to other load on the machine, unlike wall-clock throughput: a stage's CPU per event
+    is what it costs wherever it runs. ``postgres`` sums the backends of the scratch database;
+    ``redis`` is the whole server's, shared with anything else using it.
+    """
+
+    def __init__(self, workers: dict[str, int], db_name: str, redis_url: str) -> None:
+        me = psutil.Process()
+        self._processes = {name: psutil.Process(pid) for name, pid in workers.items()}
+        self._processes["bench"] = me
+        for child in me.children():
+            if "tansu" in child.name():
+                self._processes["tansu"] = child
+        self._db_name = db_name
+        self._redis_url = redis_url
+        self._start: dict[str, float] = {}
+        self._start_backends: dict[int, float] = {}
+
+    def start(self) -> None:
+        self._start, self._start_backends = self._sample(), self._backends()
+
+    def stop(self) -> dict[str, float]:
+        end, backends = self._sample(), self._backends()
+        spent = {name: end[name] - self._start.get(name, 0.0) for name in end}
+        before = self._start_backends
+        spent["postgres"] = sum(s - before.get(pid, 0.0) for pid, s in backends.items())
+        return {name: round(s, 3) for name, s in spent.items()}
+
+    def _sample(self) -> dict[str, float]:
+        seconds = {name: _cpu(p) for name, p in self._processes.items()}
+        with redis.Redis.from_url(self._redis_url) as client:
+            info = client.info("cpu")
+        seconds["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return seconds
+
+    def _backends(self) -> dict[int, float]:
+        found: dict[int, float] = {}
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            if cmdline and cmdline[0].startswith("postgres:") and self._db_name in cmdline[0]:
+                found[process.pid] = _cpu(process)
+        return found
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
 
 
 async def run(plan: BenchPlan) -> dict[str, Any]:
@@ -112,6 +176,8 @@ async def run(plan: BenchPlan) -> dict[str, Any]:
         "ledger_events": counts[0],
         "lag_p50_ms": lag_p50,
         "lag_p99_ms": lag_p99,
+        "produce_seconds": batched.produce_seconds,
+        "pipeline_seconds": round(batched.seconds, 3),
         "kafka_ceiling_events_per_s": round(ceiling, 1),
         "ratio_to_ceiling": round(batched.events_per_s / ceiling, 3),
         "per_message_events": plan.per_message_events,
@@ -119,6 +185,9 @@ async def run(plan: BenchPlan) -> dict[str, Any]:
         "batched_vs_per_message": round(batched.events_per_s / per_message.events_per_s, 2),
         "wallets": plan.wallets,
         "partitions": plan.partitions,
+        "cpu_us_per_event": batched.cpu_us_per_event(),
+        "per_message_cpu_us_per_event": per_message.cpu_us_per_event(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -142,10 +211,20 @@ async def _side(
             await producer.record_many(make_events(f"{name}-warmup", WARMUP, wallets))
             await _wait_settled(metrics_url, base + WARMUP, timeout_s=120)
             base += WARMUP
-            started = time.perf_counter()
-            await _produce(producer, name, count, wallets)
-            await _wait_settled(metrics_url, base + count, timeout_s=600)
-            elapsed = time.perf_counter() - started
+            cpu = CpuMeter(
+                {"aggregator": workers[0].pid, "settlement": workers[1].pid},
+                db_name=env["DATABASE_URL"].rsplit("/", 1)[-1],
+                redis_url=env["REDIS_URL"],
+            )
+            events = make_events(name, count, wallets)
+            with tuned_for_batches():  # the load generator's own GC stays out of the way
+                cpu.start()
+                started = time.perf_counter()
+                await _produce(producer, events)
+                produced = time.perf_counter() - started
+                await _wait_settled(metrics_url, base + count, timeout_s=600)
+                elapsed = time.perf_counter() - started
+                spent = cpu.stop()
         finally:
             await producer.stop()
     finally:
@@ -153,18 +232,19 @@ async def _side(
             worker.terminate()
         for worker in workers:
             worker.wait(timeout=60)
-    return SideResult(count, elapsed)
+    return SideResult(count, elapsed, round(produced, 3), spent)
 
 
-async def _produce(producer: UsageProducer, name: str, count: int, wallets: int) -> None:
+async def _produce(producer: UsageProducer, events: Sequence[UsageEvent]) -> None:
+    """Produce like a busy service would: chunks stamped with ``produced_ms`` when they are
+    sent (the lag clock starts there), encoded, checked and acknowledged (acks=all) one after
+    another. The events themselves were built before the clock started."""
     chunk = 2_000
-    for start in range(0, count, chunk):
-        produced_ms = int(time.time() * 1000)
-        events = [
-            e.model_copy(update={"metadata": {"produced_ms": produced_ms}})
-            for e in make_events(name, min(count, start + chunk), wallets)[start:]
-        ]
-        await producer.record_many(events)
+    for start in range(0, len(events), chunk):
+        stamp = MappingProxyType({"produced_ms": int(time.time() * 1000)})
+        await producer.record_many(
+            e.model_copy(update={"metadata": stamp}) for e in events[start : start + chunk]
+        )
 
 
 def _worker_env(bootstrap: str, db_url: str, redis_url: str, data: Path) -> dict[str, str]:
@@ -217,7 +297,7 @@ async def _wait_settled(metrics_url: str, target: int, *, timeout_s: float) -> N
     while await _settled(metrics_url) < target:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {await _settled(metrics_url)} of {target} events settled")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # each scrape costs the settlement worker CPU
 
 
 async def _ledger_counts(db_url: str) -> tuple[int, int]:

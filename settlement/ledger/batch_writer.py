@@ -228,6 +228,17 @@ async def _copy(conn: Conn, prepared: list[PreparedTxn]) -> None:
             for txn in prepared:
                 await copy.write_row(txn.row)
         async with cur.copy("COPY ledger_postings (txn_id, account_id, amount) FROM STDIN") as copy:
-            for txn in prepared:
-                for account_id, amount in zip(txn.account_ids, txn.amounts, strict=True):
-                    await copy.write_row((txn.row[0], account_id, amount))
+            await copy.write(_postings_text(prepared))
+
+
+def _postings_text(prepared: Sequence[PreparedTxn]) -> bytes:
+    """The postings in COPY text format, formatted at once: three integers a line need no
+    escaping, and one write costs a fraction of a ``write_row`` per posting."""
+    lines: list[str] = []
+    for txn in prepared:
+        txn_id = txn.row[0]
+        for account_id, amount in zip(txn.account_ids, txn.amounts, strict=True):
+            # type() is int, not isinstance: a bool or a float must never be written as a number
+            assert type(txn_id) is type(account_id) is type(amount) is int, "postings are ints"
+            lines.append(f"{txn_id}\t{account_id}\t{amount}\n")
+    return "".join(lines).encode("ascii")

@@ -139,3 +139,11 @@ class DailyCredits(NamedTuple):
 
     day: date
     credits: int
+
+
+class DailyCategoryCredits(NamedTuple):
+    """Credits spent on one calendar day in one category (forecasting reads these)."""
+
+    day: date
+    category: str
+    credits: int

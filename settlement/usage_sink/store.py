@@ -42,6 +42,7 @@ from settlement.usage_sink.model import (
     BreakdownBy,
     BreakdownKey,
     BreakdownRow,
+    DailyCategoryCredits,
     DailyCredits,
     UsageRow,
     UsageTotals,
@@ -602,6 +603,34 @@ class UsageStore(ABC):
         days = (first + timedelta(days=i) for i in range((last - first).days + 1))
         return [DailyCredits(day, found.get(day, 0)) for day in days]
 
+    def daily_by_category(
+        self, wallet_id: str, start_day: date, end_day: date
+    ) -> list[DailyCategoryCredits]:
+        """Credits per (local day, category) from ``start_day`` to ``end_day`` inclusive.
+
+        Sparse (only cells with usage), ordered by day then category; read from the daily
+        rollup alone, so a year of history is a few hundred rows whatever the event volume.
+        """
+        wallet = require_id(wallet_id, field="wallet_id")
+        first = require_day(start_day, field="start_day")
+        last = require_day(end_day, field="end_day")
+        if first > last:
+            raise InvalidInput("start_day must not be after end_day", field="start_day")
+        sql = (
+            f"SELECT toString(day) AS d, toString(category) AS c, toInt64(sum(credits)) AS credits"
+            f" FROM {schema.DAILY_TABLE}"
+            f" WHERE wallet_id = {placeholder('wallet_id', 'String')}"
+            f" AND day >= {placeholder('lo', 'Date')} AND day <= {placeholder('hi', 'Date')}"
+            " GROUP BY d, c HAVING credits != 0 ORDER BY d, c"
+        )
+        params = {"wallet_id": wallet, "lo": first.isoformat(), "hi": last.isoformat()}
+        return [
+            DailyCategoryCredits(
+                date.fromisoformat(_text(row["d"])), _text(row["c"]), int(row["credits"])
+            )
+            for row in self._select(sql, params).to_pylist()
+        ]
+
     def count_events(self, wallet_id: str | None = None) -> int:
         """Exact number of stored events (of one wallet, or of all): a plain ``count()``.
 
@@ -654,3 +683,7 @@ def _decode_key(by: str, raw: Any) -> BreakdownKey:
     if by == "hour":
         return datetime.fromtimestamp(int(value), UTC)
     return str(value)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
