@@ -282,6 +282,28 @@ class RechargeFailed(_WalletEventBase):
     will_retry: bool
 
 
+PaymentStateName = Literal[
+    "idle", "processing", "pending", "success", "failed", "partially_refunded", "refunded"
+]
+
+
+class PaymentStateChanged(_WalletEventBase):
+    """A payment moved to ``state`` (domain/payments.py). ``credits_added`` is what the wallet
+    gained when it succeeded (purchased + bonus, else 0); ``refunded_paise`` is the cumulative
+    amount refunded. Auto-recharge watches these for its charges (``purpose``)."""
+
+    type: Literal["payment_state_changed"]
+    payment_id: Identifier
+    state: PaymentStateName
+    previous_state: PaymentStateName | None
+    purpose: Literal["add_funds", "auto_recharge"]
+    amount_paise: Annotated[int, Field(ge=1)]
+    credits_added: Credits
+    refunded_paise: Credits
+    failure_reason: ReasonCode | None = None
+    retry_of: Identifier | None = None
+
+
 WalletEvent = Annotated[
     BalanceChanged
     | LowBalance
@@ -289,7 +311,8 @@ WalletEvent = Annotated[
     | PremiumResumed
     | RechargeRequested
     | RechargeSucceeded
-    | RechargeFailed,
+    | RechargeFailed
+    | PaymentStateChanged,
     Field(discriminator="type"),
 ]
 
