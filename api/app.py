@@ -15,15 +15,37 @@ from typing import Any
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routers import admin, health, payouts, spend, wallet
+from api.live.lifecycle import start_live_hub
+from api.recharge.lifecycle import start_recharge_worker
+from api.routers import (
+    admin,
+    analytics,
+    auto_recharge,
+    health,
+    live,
+    payments,
+    payouts,
+    spend,
+    wallet,
+)
 from api.services import ApiConfig, ApiServices, open_services
 from domain.clock import Clock
 
-ROUTERS = (health.router, wallet.router, spend.router, payouts.router, admin.router)
+ROUTERS = (
+    health.router,
+    wallet.router,
+    spend.router,
+    payouts.router,
+    admin.router,
+    analytics.router,
+    auto_recharge.router,
+    live.router,
+    payments.router,
+)
 """Every router the app serves; a new area adds its router here."""
 
 Starter = Callable[[ApiServices], Any]
-STARTERS: list[Starter] = []
+STARTERS: list[Starter] = [start_live_hub, start_recharge_worker]
 """Coroutines run once services are open (background workers), in order; each registers
 its own shutdown on ``services.exits``."""
 

@@ -15,9 +15,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
+from redis import exceptions as redis_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.errors import CreditsError
@@ -29,6 +32,7 @@ TYPE_BASE = "https://docs.commdesk.dev/credits/errors/"
 
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_request": 422,
+    "invalid_signature": 400,
     "invalid_amount": 422,
     "invalid_config": 422,
     "invalid_settings": 422,
@@ -172,6 +176,27 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+OVERLOAD_ERRORS: tuple[type[Exception], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    psycopg.OperationalError,
+    PoolTimeout,
+)
+"""A dependency down or saturated: the request had no effect (every step is idempotent or
+undone), so the caller gets a retryable 503, not a 500."""
+
+
+async def _on_overload(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
+    return problem(
+        503,
+        "unavailable",
+        "a dependency is unavailable or saturated; retry with the same Idempotency-Key",
+        instance=request.url.path,
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     incident = uuid.uuid4().hex
     log.exception("unhandled error %s on %s %s", incident, request.method, request.url.path)
@@ -188,4 +213,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CreditsError, _on_credits_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for overload in OVERLOAD_ERRORS:
+        app.add_exception_handler(overload, _on_overload)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -19,6 +19,14 @@ from aggregator.redis_keys import KeySpace
 from aggregator.wallet_store import WalletStore
 from api.idempotency import IdempotencyStore
 from api.keys import ApiKeys
+from api.live.hub import LiveHub
+from api.payments.gateway import PaymentGateway
+from api.payments.razorpay import RazorpaySettings
+from api.payments.service import PaymentService
+from api.payments.wiring import open_gateway, payment_service
+from api.recharge.charger import RechargeCharger
+from api.recharge.store import RechargeStore
+from api.recharge.worker import RechargeWorker
 from domain.caps import CapsConfig, load_caps
 from domain.clock import Clock, SystemClock
 from domain.pricing import PricingCatalogue, load_catalogue
@@ -47,7 +55,12 @@ class ApiConfig:
     low_balance_threshold: int = 200
     usage_query_url: str | None = None
     clickhouse_url: str | None = None
+    razorpay: RazorpaySettings | None = None
+    """Key id and secrets when ``gateway`` is ``razorpay``."""
     pool_max_size: int = 20
+    redis_max_connections: int = 256
+    auto_recharge_worker: bool = True
+    live_updates: bool = True
 
 
 @dataclass(slots=True)
@@ -66,8 +79,19 @@ class ApiServices:
     caps: CapsConfig
     keys: ApiKeys
     idempotency: IdempotencyStore
+    recharge: RechargeStore
+    """Auto-recharge settings, recharges and notifications (api/recharge)."""
     exits: AsyncExitStack
     """Later components (gateways, workers) register their cleanup here."""
+    recharge_charger: RechargeCharger | None = None
+    """Overrides the payment service behind auto-recharge (tests: a recording charger)."""
+    recharge_worker: RechargeWorker | None = None
+    live: LiveHub | None = None
+    """The live-update hub (api/live), when ``config.live_updates``."""
+    live_heartbeat_s: float = 15.0
+    gateway: PaymentGateway | None = None
+    """The payment gateway (api/payments: the sandbox unless ``config.gateway`` says else)."""
+    payments: PaymentService | None = None
 
 
 @asynccontextmanager
@@ -78,7 +102,12 @@ async def open_services(
     async with AsyncExitStack() as exits:
         pool = await open_pool(config.database_url, min_size=2, max_size=config.pool_max_size)
         exits.push_async_callback(pool.close)
-        client = aioredis.from_url(config.redis_url)
+        # A blocking pool: under a burst, requests wait for a connection instead of failing.
+        client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                config.redis_url, max_connections=config.redis_max_connections, timeout=5
+            )
+        )
         exits.push_async_callback(client.aclose)
         mirror = WalletStore.create(client, KeySpace(config.key_prefix))
         tuning = ProducerTuning(client_id="credits-api", linger_ms=1)
@@ -103,6 +132,9 @@ async def open_services(
             topics=config.topics,
             low_balance_threshold=config.low_balance_threshold,
         )
+        gateway = open_gateway(
+            config.gateway, exits, public_url=config.public_url, razorpay=config.razorpay
+        )
         yield ApiServices(
             config=config,
             clock=clock,
@@ -118,5 +150,17 @@ async def open_services(
             caps=caps,
             keys=ApiKeys(pool, admin_token=config.admin_key),
             idempotency=IdempotencyStore(client, config.key_prefix),
+            recharge=RechargeStore(pool, clock),
             exits=exits,
+            gateway=gateway,
+            payments=payment_service(
+                pool=pool,
+                ledger=Ledger(pool, clock),
+                wallets=Wallets(pool),
+                mirror=mirror,
+                producer=producer,
+                topics=config.topics,
+                clock=clock,
+                gateway=gateway,
+            ),
         )

@@ -45,6 +45,7 @@ class ConsumeRequest(_Body):
 
 
 class ConsumeOut(BaseModel):
+    wallet_id: str
     event_id: str
     outcome: str = Field(description="authorized or hold_captured")
     credits: int = Field(description="Credits charged")

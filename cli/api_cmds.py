@@ -32,7 +32,25 @@ def register(subparsers: Any) -> None:
     api.set_defaults(handler=_api)
 
 
-def api_config(settings: Settings) -> Any:
+def _razorpay(settings: Settings) -> Any:
+    if settings.gateway != "razorpay":
+        return None
+    from api.payments.razorpay import RazorpaySettings  # noqa: PLC0415
+
+    values = (
+        settings.razorpay_key_id, settings.razorpay_key_secret, settings.razorpay_webhook_secret,
+    )  # fmt: skip
+    if not all(values):
+        raise InvalidInput(
+            "CREDITS_GATEWAY=razorpay needs RAZORPAY_KEY_ID, RAZORPAY_KEY_SECRET and "
+            "RAZORPAY_WEBHOOK_SECRET",
+            field="gateway",
+        )
+    key_id, key_secret, webhook_secret = (str(v) for v in values)
+    return RazorpaySettings(key_id=key_id, key_secret=key_secret, webhook_secret=webhook_secret)
+
+
+def api_config(settings: Settings, *, own_url: str | None = None) -> Any:
     """The API's config from the process settings; every URL must be set."""
     from api.services import ApiConfig  # noqa: PLC0415 -- keep `credits --help` light
 
@@ -58,10 +76,12 @@ def api_config(settings: Settings) -> Any:
         kafka_bootstrap=settings.kafka_bootstrap,
         key_prefix=settings.key_prefix,
         admin_key=settings.admin_key,
-        public_url=settings.public_url,
+        public_url=settings.public_url or own_url,
         gateway=settings.gateway,
         low_balance_threshold=settings.low_balance_threshold,
         clickhouse_url=settings.clickhouse_url,
+        usage_query_url=settings.usage_query_url,
+        razorpay=_razorpay(settings),
     )
 
 
@@ -71,20 +91,29 @@ def _api(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise InvalidInput(f"--port must be 0..65535, got {args.port}", field="port")
     settings = load_settings()
-    config = api_config(settings)
     host = args.host or settings.api_host
+    # Without CREDITS_PUBLIC_URL the sandbox gateway delivers its webhooks to this process.
+    config = api_config(settings, own_url=f"http://{host}:{args.port}" if args.port else None)
 
     async def main(stop: asyncio.Event, metrics: RoleMetrics) -> None:
         import uvicorn  # noqa: PLC0415
 
         from api.app import create_app  # noqa: PLC0415
+        from api.live.lifecycle import end_streams_on_shutdown  # noqa: PLC0415
 
+        app = create_app(config)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(config), host=host, port=args.port, log_level="info",
-                access_log=False, lifespan="on",
+                app,
+                host=host,
+                port=args.port,
+                log_level="info",
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
             )
-        )  # fmt: skip
+        )
+        end_streams_on_shutdown(server, app)  # fmt: skip
         serving = asyncio.create_task(server.serve())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -50,6 +50,24 @@ def register(subparsers: Any) -> None:
     pipeline.add_argument("--partitions", type=int, default=8)
     pipeline.set_defaults(handler=_bench_pipeline)
 
+    api = commands.add_parser(
+        "api", help="POST /wallet/consume at a constant offered rate vs a trivial endpoint"
+    )
+    api.add_argument(
+        "--server-url",
+        default=os.environ.get("CREDITS_BENCH_PG_URL", LOCAL_SERVER_URL),
+        help="a PostgreSQL server where a scratch database may be created and dropped",
+    )
+    api.add_argument(
+        "--redis-url",
+        default=os.environ.get("CREDITS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
+        help="Redis for the wallet mirror and idempotency records (keys under a run prefix)",
+    )
+    api.add_argument("--rate", type=float, default=1000.0, help="offered requests per second")
+    api.add_argument("--seconds", type=float, default=10.0, help="duration of each phase")
+    api.add_argument("--wallets", type=int, default=100, help="funded wallets (plus a tight one)")
+    api.set_defaults(handler=_bench_api)
+
 
 def _bench_ledger(args: argparse.Namespace) -> int:
     if not 1 <= args.events <= 1_000_000 or not 1 <= args.batch_size <= 50_000:
@@ -110,3 +128,22 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
     result = run(pipeline_bench.run(plan))
     print(json.dumps(result))
     return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
+
+
+def _bench_api(args: argparse.Namespace) -> int:
+    from stack import api_bench  # noqa: PLC0415 -- starts an API process, only when asked
+
+    if not 1 <= args.rate <= 20_000 or not 1 <= args.seconds <= 600:
+        raise InvalidInput("--rate must be 1..20,000 and --seconds 1..600")
+    if not 1 <= args.wallets <= 1_000:
+        raise InvalidInput("--wallets must be 1..1,000")
+    plan = api_bench.ApiBenchPlan(
+        rate=args.rate,
+        seconds=args.seconds,
+        wallets=args.wallets,
+        server_url=args.server_url,
+        redis_url=args.redis_url,
+    )
+    result = run(api_bench.run_api_bench(plan))
+    print(json.dumps(result))
+    return 0 if result["over_authorized"] == 0 and result["balance_mismatches"] == 0 else 1

@@ -25,6 +25,11 @@ environment variable           meaning
 ``CREDITS_PUBLIC_URL``         the API's public base URL (payment webhooks); unset: its own
 ``CREDITS_GATEWAY``            payment gateway: ``sandbox`` (default) or ``razorpay``
 ``CREDITS_LOW_BALANCE``        default low-balance threshold in credits (200)
+``CREDITS_USAGE_QUERY_URL``    the settlement worker's usage query service (analytics reads
+                               when there is no ClickHouse server; ``credits up`` sets it)
+``RAZORPAY_KEY_ID``            Razorpay key id (``CREDITS_GATEWAY=razorpay``)
+``RAZORPAY_KEY_SECRET``        Razorpay key secret (order API, payment signatures)
+``RAZORPAY_WEBHOOK_SECRET``    Razorpay webhook secret (``X-Razorpay-Signature``)
 =============================  ==============================================================
 """
 
@@ -72,6 +77,10 @@ class Settings(BaseSettings):
     public_url: str | None = Field(default=None, alias="CREDITS_PUBLIC_URL")
     gateway: str = Field(default="sandbox", pattern="^(sandbox|razorpay)$", alias="CREDITS_GATEWAY")
     low_balance_threshold: int = Field(default=200, ge=1, alias="CREDITS_LOW_BALANCE")
+    usage_query_url: str | None = Field(default=None, alias="CREDITS_USAGE_QUERY_URL")
+    razorpay_key_id: str | None = Field(default=None, alias="RAZORPAY_KEY_ID")
+    razorpay_key_secret: str | None = Field(default=None, alias="RAZORPAY_KEY_SECRET")
+    razorpay_webhook_secret: str | None = Field(default=None, alias="RAZORPAY_WEBHOOK_SECRET")
 
     def chdb_dir(self, data_dir: Path | None = None) -> Path:
         """Where chdb keeps its files: ``<data dir>/chdb``. Only meaningful without

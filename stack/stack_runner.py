@@ -166,6 +166,7 @@ class StackRunner:
         self._traffic: Supervisor | None = None
         self._api: Supervisor | None = None
         self._api_port = options.api_port
+        self._query_port = 0
         self._pipeline_up = False
 
     # --- entry point -------------------------------------------------------------------------
@@ -385,7 +386,11 @@ class StackRunner:
         exits.push_async_callback(self._stop_workers)
         exits.push_async_callback(self._drain)  # unwinds first: drain, then stop the workers
         # Settlement first, so the reverse-order shutdown stops the aggregator (upstream) first.
-        await workers.start(self._role_spec(SETTLEMENT, "worker", SETTLEMENT))
+        # Settlement owns chdb (one process per data dir) and serves the API's usage reads.
+        self._query_port = free_port()
+        await workers.start(
+            self._role_spec(SETTLEMENT, "worker", SETTLEMENT, "--query-port", str(self._query_port))
+        )
         await workers.start(self._role_spec(AGGREGATOR, "worker", AGGREGATOR))
 
     async def _start_api(self, exits: AsyncExitStack) -> None:
@@ -400,7 +405,11 @@ class StackRunner:
         exits.push_async_callback(self._stop_api)
         self._api_port = self.options.api_port or free_port()
         spec = self._role_spec(API, "api", "--port", str(self._api_port))
-        env = {**spec.env, "CREDITS_ADMIN_KEY": self._at.admin_key}
+        env = {
+            **spec.env,
+            "CREDITS_ADMIN_KEY": self._at.admin_key,
+            "CREDITS_USAGE_QUERY_URL": f"http://127.0.0.1:{self._query_port}",
+        }
         await api.start(replace(spec, env=env, url=self.api_url))
 
     @property
@@ -431,10 +440,19 @@ class StackRunner:
                 f"{self.api_url}/wallet",
                 headers={"Authorization": f"Bearer {self._at.demo_key}"},
             )
+            summary = await client.get(
+                f"{self.api_url}/usage/summary",
+                headers={"Authorization": f"Bearer {self._at.demo_key}"},
+            )
         if response.status_code != 200:
             return "", f"GET /wallet answered {response.status_code}: {response.text[:200]}"
+        if summary.status_code != 200:
+            return "", f"GET /usage/summary answered {summary.status_code}: {summary.text[:300]}"
         available = response.json()["balances"]["available"]
-        return f"GET /wallet 200 (demo wallet available {available} credits)", None
+        return (
+            f"GET /wallet 200 (demo wallet available {available} credits), GET /usage/summary 200",
+            None,
+        )
 
     def _traffic_wanted(self) -> bool:
         return self.options.demo_traffic and self._at.demo is not None

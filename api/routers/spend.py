@@ -65,7 +65,7 @@ def _event(wallet_id: str, member_id: str, **fields: object) -> UsageEvent:
         raise InvalidInput(exc.message, **{**exc.details, "reason": exc.reason.value}) from None
 
 
-def _consume_out(event_id: str, result: ConsumeResult) -> ConsumeOut:
+def _consume_out(wallet_id: str, event_id: str, result: ConsumeResult) -> ConsumeOut:
     if not result.authorized:
         raise refusal_error(
             result.outcome,
@@ -75,6 +75,7 @@ def _consume_out(event_id: str, result: ConsumeResult) -> ConsumeOut:
             retry_after_ms=result.retry_after_ms,
         )
     return ConsumeOut(
+        wallet_id=wallet_id,
         event_id=event_id,
         outcome=result.outcome.value,
         credits=result.credits,
@@ -110,7 +111,7 @@ async def consume(
             occurred_at=services.clock.now(),
             metadata=body.metadata,
         )
-        return 200, _consume_out(event_id, await services.consumer.consume(event))
+        return 200, _consume_out(wallet_id, event_id, await services.consumer.consume(event))
 
     return await run_idempotent(request, wallet_id, key, action)
 
@@ -288,7 +289,7 @@ async def capture(
             metadata=body.metadata,
             hold_id=hold_id,
         )
-        return 200, _consume_out(hold_id, await services.consumer.consume(event))
+        return 200, _consume_out(wallet_id, hold_id, await services.consumer.consume(event))
 
     return await run_idempotent(request, wallet_id, key, action)
 

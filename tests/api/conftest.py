@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI
 
 from aggregator.redis_keys import KeySpace
 from api.app import create_app
+from api.live.lifecycle import end_streams_on_shutdown
 from api.services import ApiConfig, ApiServices
 from meter.topics import TopicNames
+from settlement.usage_sink import UsageStore, open_usage_store
+from settlement.usage_sink.query_service import UsageQueryService
 from stack.tansu import TansuBroker
 from tests.meter import conftest as meter_fixtures
 from tests.redis_support import REDIS_URL, delete_keyspace, new_client
@@ -111,8 +116,16 @@ class ApiHarness:
 async def serve(app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     """Run ``app`` under uvicorn on a free port in this loop; return when it accepts requests."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
     )
+    end_streams_on_shutdown(server, app)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -122,7 +135,27 @@ async def serve(app: FastAPI) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     return server, task, f"http://127.0.0.1:{port}"
 
 
-def api_config(database_url: str, topics: TopicNames, tansu: TansuBroker, prefix: str) -> ApiConfig:
+@pytest.fixture
+def usage_store(tmp_path: Path) -> Iterator[UsageStore]:
+    """A real chdb usage store (one data dir per test: chdb allows one per process at a time)."""
+    store = open_usage_store(None, tmp_path / "chdb")
+    store.ensure_schema()
+    yield store
+    store.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def usage_queries(usage_store: UsageStore) -> AsyncIterator[UsageQueryService]:
+    """The settlement worker's usage query service over that store (what the API reads)."""
+    service = UsageQueryService(usage_store)
+    await service.start(0)
+    yield service
+    await service.close()
+
+
+def api_config(
+    database_url: str, topics: TopicNames, tansu: TansuBroker, prefix: str, usage_url: str
+) -> ApiConfig:
     return ApiConfig(
         database_url=database_url,
         redis_url=REDIS_URL,
@@ -131,15 +164,16 @@ def api_config(database_url: str, topics: TopicNames, tansu: TansuBroker, prefix
         key_prefix=prefix,
         admin_key=secrets.token_urlsafe(32),
         pool_max_size=30,
+        usage_query_url=usage_url,
     )
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def api(
-    ledger_db_url: str, topics: TopicNames, tansu: TansuBroker
+    ledger_db_url: str, topics: TopicNames, tansu: TansuBroker, usage_queries: UsageQueryService
 ) -> AsyncIterator[ApiHarness]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
-    config = api_config(ledger_db_url, topics, tansu, prefix)
+    config = api_config(ledger_db_url, topics, tansu, prefix, usage_queries.url)
     app = create_app(config)
     server, task, base_url = await serve(app)
     assert config.admin_key is not None

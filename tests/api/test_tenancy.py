@@ -20,11 +20,19 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.kafka]
 PUBLIC = {"/health"}
 """Operations that need no key at all."""
 
+STREAMS = {"/wallet/events/stream"}
+"""Never-ending responses; their isolation is tested in tests/api/live (events reach only
+their own wallet's stream)."""
+
 SIGNED = ("/webhooks/",)
 """Operations authenticated by a gateway signature, not by a key (tested with payments)."""
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/wallet/holds/{hold_id}/capture"): {"quantity": 1},
+    ("post", "/wallet/payments/{payment_id}/confirm"): {
+        "razorpay_payment_id": "pay_x", "razorpay_order_id": "order_x",
+        "razorpay_signature": "0" * 64,
+    },
     ("post", "/admin/wallets/{wallet_id}/adjustments"): {
         "credits": 1, "reason": "goodwill", "actor": "mallory",
     },
@@ -46,11 +54,21 @@ async def _victim(api: ApiHarness) -> tuple[Tenant, dict[str, str]]:
     payout = await api.post("/wallet/payouts", {"credits": 100}, headers=victim.headers)
     assert payout.status_code == 201, payout.text
     keys = (await api.client.get("/wallet/keys", headers=victim.headers)).json()
+    paid = await api.post(
+        "/wallet/add-funds",
+        {"amount_rupees": 150, "method": {"kind": "upi", "vpa": "failure@razorpay"}},
+        headers=victim.headers,
+    )
+    assert paid.status_code == 201, paid.text
+    spent = await api.post("/wallet/consume", {"feature": "ai.moderation"}, headers=victim.headers)
+    assert spent.status_code == 200, spent.text
     ids = {
         "wallet_id": victim.wallet_id,
         "hold_id": hold.json()["hold_id"],
         "payout_id": payout.json()["payout_id"],
         "key_id": keys[0]["key_id"],
+        "payment_id": paid.json()["payment"]["id"],
+        "event_id": spent.json()["event_id"],
     }
     return victim, ids
 
@@ -66,7 +84,11 @@ def _operations(schema: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _comparable(body: Any) -> Any:
     if isinstance(body, dict):
-        return {k: v for k, v in body.items() if k not in {"instance", "detail"}}
+        # The requested id is echoed back (detail, instance, *_id); nothing else may differ.
+        return {
+            k: v for k, v in body.items()
+            if k not in {"instance", "detail"} and not k.endswith("_id")
+        }  # fmt: skip
     return body
 
 
@@ -77,7 +99,7 @@ async def test_another_tenants_key_reaches_nothing_of_the_victim(api: ApiHarness
     schema = (await api.client.get("/openapi.json")).json()
     tried = 0
     for method, template in _operations(schema):
-        if template in PUBLIC or template.startswith(SIGNED):
+        if template in PUBLIC or template in STREAMS or template.startswith(SIGNED):
             continue
         params = [p.strip("{}") for p in template.split("/") if p.startswith("{")]
         missing = [p for p in params if p not in ids]
@@ -111,6 +133,12 @@ async def test_another_tenants_key_reaches_nothing_of_the_victim(api: ApiHarness
         assert absent.status_code == 404, (method, missing_path, absent.text)
         assert _comparable(response.json()) == _comparable(absent.json()), (method, path)
     assert tried >= 15
+    for body in (
+        {"kind": "purchase", "payment_id": ids["payment_id"], "amount_paise": 100},
+        {"kind": "usage", "event_id": ids["event_id"], "credits": 1},
+    ):
+        refund = await api.post("/wallet/refund", body, headers=mallory.headers)
+        assert refund.status_code == 404, (body, refund.text)
     after = (await api.client.get("/wallet", headers=victim.headers)).json()
     assert after["balances"] == before["balances"]
     assert after["status"] == before["status"]

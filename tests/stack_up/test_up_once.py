@@ -125,7 +125,9 @@ def test_up_once_runs_the_whole_pipeline_embedded_and_leaves_nothing_behind(
     run.field(r"^  API +http://127\.0\.0\.1:\d+  \(docs http://127\.0\.0\.1:\d+/docs\)$")
     run.field(r"^  admin key +\S{32,}$")
     run.field(r"^  demo key +cdk_[0-9a-f]{16}_\S+  \(owner priya")
-    run.field(r"^  api +GET /wallet 200 \(demo wallet available \d+ credits\)$")
+    run.field(
+        r"^  api +GET /wallet 200 \(demo wallet available \d+ credits\), GET /usage/summary 200$"
+    )
     run.field(r"^  demo wallet +wal_demo_community \(\d+ transactions")
     run.field(r"^  ledger +verified \(ledger verify OK")
     run.field(r"^  mirror +reconciled 1 wallets")

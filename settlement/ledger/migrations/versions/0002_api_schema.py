@@ -1,12 +1,13 @@
-"""API schema: access (keys, idempotency), payments, payouts and auto-recharge tables.
+"""API schema: API keys, payments (with their transitions, webhooks and refunds) and
+auto-recharge (settings, recharges, outbox, notifications).
 
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-24
 
 The statements live in ``migrations/sql/0002/``: one ``<nn>_<area>.up.sql`` per area, applied
-in name order, and its ``.down.sql``, applied in reverse order, so each area reads as plain SQL. Like every revision, this one is frozen once
-released: later changes are new revisions.
+in name order, and its ``.down.sql``, applied in reverse order, so each area reads as plain
+SQL. Like every revision, this one is frozen once released: later changes are new revisions.
 """
 
 from __future__ import annotations

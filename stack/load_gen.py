@@ -1,0 +1,133 @@
+"""An open-loop HTTP/1.1 load generator: requests at a constant offered rate, latency measured
+from each request's *scheduled* start (so a stalled server cannot hide its queueing: no
+coordinated omission).
+
+Deliberately small: keep-alive connections over asyncio streams, ``Content-Length`` bodies
+only (what uvicorn sends), one request in flight per connection; a request whose turn comes
+while every connection is busy opens a new one (up to ``max_connections``), else waits for
+the first free one — and that wait counts in its latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Sample:
+    status: int
+    latency_s: float
+    body: bytes
+
+
+@dataclass(slots=True)
+class LoadResult:
+    offered_rps: float
+    seconds: float
+    samples: list[Sample] = field(default_factory=list)
+    failures: int = 0  # connection errors, timeouts
+
+    @property
+    def achieved_rps(self) -> float:
+        return len(self.samples) / self.seconds if self.seconds else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        ordered = sorted(s.latency_s for s in self.samples)
+        if not ordered:
+            return math.nan
+        index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+        return round(ordered[index] * 1000, 3)
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, host: str, request: Request) -> tuple[int, bytes]:
+        lines = [f"{request.method} {request.path} HTTP/1.1", f"Host: {host}"]
+        lines += [f"{k}: {v}" for k, v in request.headers.items()]
+        lines.append(f"Content-Length: {len(request.body)}")
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + request.body)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        status = int(status_line.split(b" ", 2)[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def run_load(
+    host: str,
+    port: int,
+    make_request: Callable[[int], Request],
+    *,
+    rate: float,
+    seconds: float,
+    max_connections: int = 256,
+    timeout_s: float = 10.0,
+) -> LoadResult:
+    """Offer ``rate`` requests/s for ``seconds``; request ``i`` is ``make_request(i)``."""
+    total = max(1, int(rate * seconds))
+    result = LoadResult(offered_rps=rate, seconds=seconds)
+    idle: asyncio.Queue[_Connection] = asyncio.Queue()
+    opened = 0
+    start = time.perf_counter() + 0.05
+
+    async def connection() -> _Connection:
+        nonlocal opened
+        if not idle.empty() or opened >= max_connections:
+            return await idle.get()
+        opened += 1
+        reader, writer = await asyncio.open_connection(host, port)
+        return _Connection(reader, writer)
+
+    async def one(i: int, scheduled: float) -> None:
+        request = make_request(i)
+        conn = await connection()
+        try:
+            async with asyncio.timeout(timeout_s):
+                status, body = await conn.send(f"{host}:{port}", request)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+            result.failures += 1
+            conn.close()
+            nonlocal opened
+            opened -= 1
+            return
+        result.samples.append(Sample(status, time.perf_counter() - scheduled, body))
+        idle.put_nowait(conn)
+
+    tasks: list[asyncio.Task[None]] = []
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    result.seconds = max(seconds, time.perf_counter() - start)
+    while not idle.empty():
+        idle.get_nowait().close()
+    return result
