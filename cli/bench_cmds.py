@@ -48,6 +48,12 @@ def register(subparsers: Any) -> None:
     pipeline.add_argument("--per-message-events", type=int, default=2_000)
     pipeline.add_argument("--wallets", type=int, default=1_000)
     pipeline.add_argument("--partitions", type=int, default=8)
+    pipeline.add_argument(
+        "--lag-events", type=int, default=10_000, help="events offered at --lag-rate for lag"
+    )
+    pipeline.add_argument(
+        "--lag-rate", type=float, default=5_000.0, help="steady offered rate (events/s) for lag"
+    )
     pipeline.set_defaults(handler=_bench_pipeline)
 
     api = commands.add_parser(
@@ -117,6 +123,8 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
         raise InvalidInput("--events must be 1,000..1,000,000, --per-message-events 100..100,000")
     if not 10 <= args.wallets <= 10_000 or not 1 <= args.partitions <= 64:
         raise InvalidInput("--wallets must be 10..10,000 and --partitions 1..64")
+    if not 100 <= args.lag_events <= 1_000_000 or not 100 <= args.lag_rate <= 100_000:
+        raise InvalidInput("--lag-events must be 100..1,000,000 and --lag-rate 100..100,000")
     plan = pipeline_bench.BenchPlan(
         events=args.events,
         per_message_events=args.per_message_events,
@@ -124,6 +132,8 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         server_url=args.server_url,
         redis_url=args.redis_url,
+        lag_events=args.lag_events,
+        lag_rate=args.lag_rate,
     )
     result = run(pipeline_bench.run(plan))
     print(json.dumps(result))

@@ -6,12 +6,16 @@ One run, one Tansu broker, one scratch database, one Redis key space:
 2. the pipeline, batched: the real ``credits worker aggregator`` and ``credits worker
    settlement`` processes (one per core), warmed up, then ``events`` produced; the clock
    stops when the settlement worker reports every event settled (ledger and ClickHouse);
+   then, on the same workers, ``lag_events`` offered at a steady ``lag_rate`` (below
+   saturation) for the steady-state lag;
 3. the same pipeline per-message (batch size 1), restarted on the same consumer groups.
 
 Events spread over many wallets and members with uncapped features, so rate limits and daily
 caps refuse nothing and every event must come out the other end: ``lost`` and ``duplicated``
 are counted exactly from the ledger and ClickHouse afterwards. Lag is per event, from its
-production (``produced_ms`` in its metadata) to its ledger row.
+production (``produced_ms`` in its metadata) to its ledger row: ``lag_*`` at the steady
+offered rate, ``burst_lag_*`` for the saturating burst (there it is mostly queueing: the
+burst is produced far faster than any pipeline drains it, so it grows with ``events``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class BenchPlan:
     partitions: int
     server_url: str
     redis_url: str
+    lag_events: int = 10_000
+    lag_rate: float = 5_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +165,18 @@ async def run(plan: BenchPlan) -> dict[str, Any]:
                     plan.partitions,
                 )
                 env = _worker_env(broker.bootstrap, db_url, plan.redis_url, data)
-                batched = await _side(env, data, "batched", plan.events, plan.wallets, 0)
+                batched = await _side(
+                    env, data, "batched", plan.events, plan.wallets, 0,
+                    paced=(plan.lag_events, plan.lag_rate),
+                )  # fmt: skip
                 per_message = await _side(
                     env, data, "single", plan.per_message_events, plan.wallets, 1
                 )
                 counts = await _ledger_counts(db_url)
-                lag_p50, lag_p99 = await _lag_ms(db_url, "batched-")
+                burst_p50, burst_p99 = await _lag_ms(db_url, "batched-")
+                lag_p50, lag_p99 = await _lag_ms(db_url, "paced-")
                 stored = await asyncio.to_thread(_clickhouse_count, data / "chdb")
-    expected = plan.events + plan.per_message_events + 2 * WARMUP
+    expected = plan.events + plan.per_message_events + plan.lag_events + 2 * WARMUP
     return {
         "events": plan.events,
         "events_per_s": round(batched.events_per_s, 1),
@@ -176,6 +186,10 @@ async def run(plan: BenchPlan) -> dict[str, Any]:
         "ledger_events": counts[0],
         "lag_p50_ms": lag_p50,
         "lag_p99_ms": lag_p99,
+        "lag_offered_events_per_s": plan.lag_rate,
+        "lag_events": plan.lag_events,
+        "burst_lag_p50_ms": burst_p50,
+        "burst_lag_p99_ms": burst_p99,
         "produce_seconds": batched.produce_seconds,
         "pipeline_seconds": round(batched.seconds, 3),
         "kafka_ceiling_events_per_s": round(ceiling, 1),
@@ -195,9 +209,20 @@ WARMUP = 200
 
 
 async def _side(
-    env: dict[str, str], data: Path, name: str, count: int, wallets: int, batch: int
+    env: dict[str, str],
+    data: Path,
+    name: str,
+    count: int,
+    wallets: int,
+    batch: int,
+    *,
+    paced: tuple[int, float] | None = None,
 ) -> SideResult:
-    """Start both workers, warm them up, then time ``count`` events through the pipeline."""
+    """Start both workers, warm them up, then time ``count`` events through the pipeline.
+
+    ``paced`` (events, rate): afterwards, on the same workers, offer that many events at that
+    steady rate (ids ``paced-…``) so lag is measured below saturation as well as in the burst.
+    """
     side_env = dict(env)
     if batch:
         side_env["CREDITS_AGGREGATOR_BATCH"] = side_env["CREDITS_SETTLEMENT_BATCH"] = str(batch)
@@ -225,6 +250,10 @@ async def _side(
                 await _wait_settled(metrics_url, base + count, timeout_s=600)
                 elapsed = time.perf_counter() - started
                 spent = cpu.stop()
+            if paced is not None:
+                paced_count, rate = paced
+                await _produce_paced(producer, make_events("paced", paced_count, wallets), rate)
+                await _wait_settled(metrics_url, base + count + paced_count, timeout_s=600)
         finally:
             await producer.stop()
     finally:
@@ -244,6 +273,23 @@ async def _produce(producer: UsageProducer, events: Sequence[UsageEvent]) -> Non
         stamp = MappingProxyType({"produced_ms": int(time.time() * 1000)})
         await producer.record_many(
             e.model_copy(update={"metadata": stamp}) for e in events[start : start + chunk]
+        )
+
+
+async def _produce_paced(
+    producer: UsageProducer, events: Sequence[UsageEvent], rate: float
+) -> None:
+    """Offer ``events`` at ``rate`` per second: a chunk every 20 ms, each stamped when sent."""
+    tick = 0.02
+    chunk = max(1, round(rate * tick))
+    start = time.perf_counter()
+    for n, first in enumerate(range(0, len(events), chunk)):
+        delay = start + n * tick - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        stamp = MappingProxyType({"produced_ms": int(time.time() * 1000)})
+        await producer.record_many(
+            e.model_copy(update={"metadata": stamp}) for e in events[first : first + chunk]
         )
 
 
