@@ -23,7 +23,8 @@ from domain.errors import Forbidden
 bearer = HTTPBearer(auto_error=False, description="An API key: `Bearer cdk_…`")
 
 
-def services(request: Request) -> ApiServices:
+async def services(request: Request) -> ApiServices:
+    """The process's services (async: FastAPI runs a sync dependency in a thread pool)."""
     found: ApiServices = request.app.state.services
     return found
 
@@ -33,7 +34,8 @@ async def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     token = credentials.credentials if credentials is not None else None
-    return await services(request).keys.authenticate(token)
+    opened: ApiServices = request.app.state.services
+    return await opened.keys.authenticate(token)
 
 
 def require(

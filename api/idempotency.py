@@ -26,7 +26,6 @@ import asyncio
 import hashlib
 import json
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -104,8 +103,7 @@ class IdempotencyStore:
         action: Callable[[], Awaitable[tuple[int, Any]]],
     ) -> Response:
         rkey = self._redis_key(scope, key)
-        token = secrets.token_hex(8)
-        claim = json.dumps({"state": "in_progress", "fp": fingerprint, "owner": token})
+        claim = json.dumps({"state": "in_progress", "fp": fingerprint})
         if not await self._client.set(rkey, claim, nx=True, ex=LOCK_TTL_S):
             return await self._existing(rkey, fingerprint, instance)
         try:

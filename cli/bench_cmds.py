@@ -72,6 +72,9 @@ def register(subparsers: Any) -> None:
     api.add_argument("--rate", type=float, default=1000.0, help="offered requests per second")
     api.add_argument("--seconds", type=float, default=10.0, help="duration of each phase")
     api.add_argument("--wallets", type=int, default=100, help="funded wallets (plus a tight one)")
+    api.add_argument(
+        "--api-processes", type=int, default=1, help="API processes sharing the port (1-8)"
+    )
     api.set_defaults(handler=_bench_api)
 
 
@@ -145,14 +148,15 @@ def _bench_api(args: argparse.Namespace) -> int:
 
     if not 1 <= args.rate <= 20_000 or not 1 <= args.seconds <= 600:
         raise InvalidInput("--rate must be 1..20,000 and --seconds 1..600")
-    if not 1 <= args.wallets <= 1_000:
-        raise InvalidInput("--wallets must be 1..1,000")
+    if not 1 <= args.wallets <= 1_000 or not 1 <= args.api_processes <= 8:
+        raise InvalidInput("--wallets must be 1..1,000 and --api-processes 1..8")
     plan = api_bench.ApiBenchPlan(
         rate=args.rate,
         seconds=args.seconds,
         wallets=args.wallets,
         server_url=args.server_url,
         redis_url=args.redis_url,
+        api_processes=args.api_processes,
     )
     result = run(api_bench.run_api_bench(plan))
     print(json.dumps(result))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from meter.topics import TopicNames
 from settlement.ledger.scratch import scratch_database
@@ -45,6 +46,7 @@ class ApiBenchPlan:
     wallets: int
     server_url: str
     redis_url: str
+    api_processes: int = 1
     warmup_s: float = 2.0
 
 
@@ -58,7 +60,7 @@ class _Wallet:
 
 def _start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 -- our own CLI, fixed arguments
-        [sys.executable, "-m", "cli.main", "api", "--port", str(port)],
+        [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--reuse-port"],
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
 
@@ -162,10 +164,14 @@ async def run_api_bench(plan: ApiBenchPlan) -> dict[str, Any]:
                 "CREDITS_KEY_PREFIX": f"bench{run_id}", "CREDITS_DATA_DIR": str(tmp_path),
             }  # fmt: skip
             log = tmp_path / "api.log"
-            proc = _start_api(env, port, log)
+            procs = [
+                _start_api(env, port, log.with_name(f"api{n}.log"))
+                for n in range(plan.api_processes)
+            ]
             url = f"http://127.0.0.1:{port}"
             try:
-                await _wait_up(url, proc, log)
+                for each in procs:
+                    await _wait_up(url, each, log)
                 from domain.pricing import load_catalogue  # noqa: PLC0415
 
                 price = load_catalogue().price(FEATURE)
@@ -176,22 +182,30 @@ async def run_api_bench(plan: ApiBenchPlan) -> dict[str, Any]:
                 for wallet in wallets:  # the warm-up charged too: start from what is left
                     wallet.funded = await _available(url, wallet)
                 health = Request("GET", "/health", {})
+                api_process = _Processes([psutil.Process(p.pid) for p in procs])
+                cpu_before = _cpu_s(api_process)
                 trivial = await run_load(
                     "127.0.0.1", port, lambda i: health, rate=plan.rate, seconds=plan.seconds
                 )
+                cpu_trivial = _cpu_s(api_process) - cpu_before
+                cpu_before = _cpu_s(api_process)
                 consume = await run_load("127.0.0.1", port, make, rate=plan.rate,
                                          seconds=plan.seconds)  # fmt: skip
+                cpu_consume = _cpu_s(api_process) - cpu_before
                 statuses = Counter(sample.status for sample in consume.samples)
                 tally = _tally(consume, wallets)
                 over, mismatched = await _check_balances(url, wallets)
             finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-                _report_server_errors(log)
+                for each in procs:
+                    each.terminate()
+                for n, each in enumerate(procs):
+                    each.wait(timeout=30)
+                    _report_server_errors(log.with_name(f"api{n}.log"))
     expected_refusals = statuses.get(402, 0)
     errors = consume.failures + sum(n for s, n in statuses.items() if s not in (200, 402, 429))
     return {
         "offered_rps": plan.rate,
+        "api_processes": plan.api_processes,
         "seconds": plan.seconds,
         **_figures(consume),
         "errors": errors,
@@ -209,6 +223,11 @@ async def run_api_bench(plan: ApiBenchPlan) -> dict[str, Any]:
         "charged_credits": tally,
         **_figures(trivial, "trivial_"),
         "trivial_errors": trivial.failures + sum(1 for s in trivial.samples if s.status != 200),
+        "api_cpu_us_per_request": round(1e6 * cpu_consume / max(1, len(consume.samples)), 1),
+        "trivial_api_cpu_us_per_request": round(
+            1e6 * cpu_trivial / max(1, len(trivial.samples)), 1
+        ),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "consume_vs_trivial": round(consume.achieved_rps / trivial.achieved_rps, 3)
         if trivial.achieved_rps
         else 0.0,
@@ -227,6 +246,15 @@ def _tally(consume: LoadResult, wallets: list[_Wallet]) -> int:
         wallet.charged += body["credits"]
         total += body["credits"]
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class _Processes:
+    members: list[psutil.Process]
+
+
+def _cpu_s(processes: _Processes) -> float:
+    return sum(float(t.user + t.system) for t in (p.cpu_times() for p in processes.members))
 
 
 def _report_server_errors(log: Path) -> None:

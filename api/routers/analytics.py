@@ -23,8 +23,9 @@ from api.analytics.models import (
     UsageSummaryResponse,
 )
 from api.analytics.service import AnalyticsService
-from api.auth import Reader, Services, services, wallet_of
+from api.auth import Reader, Services, wallet_of
 from api.routers.wallet import balances_of
+from api.services import ApiServices
 
 router = APIRouter(tags=["analytics"])
 
@@ -39,7 +40,7 @@ async def analytics(request: Request) -> AnalyticsService:
         state.analytics_lock = asyncio.Lock()
     async with state.analytics_lock:
         if getattr(state, "analytics", None) is None:
-            opened = services(request)
+            opened: ApiServices = request.app.state.services
             reader = await open_usage_reader(
                 opened.exits,
                 usage_query_url=opened.config.usage_query_url,
