@@ -11,13 +11,14 @@ from aggregator.admission import VerdictCode
 from domain.errors import (
     CapExceeded,
     CreditsError,
+    HoldAlreadyResolved,
+    HoldExpired,
+    HoldNotFound,
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
-    NotFound,
     PremiumPaused,
     RateLimited,
-    StateConflict,
     UnknownFeature,
     UnknownWallet,
     WalletFrozen,
@@ -108,9 +109,9 @@ REFUSALS: dict[VerdictCode, type[CreditsError]] = {
     VerdictCode.UNKNOWN_WALLET: UnknownWallet,
     VerdictCode.INVALID_REQUEST: InvalidInput,
     VerdictCode.IDEMPOTENCY_CONFLICT: IdempotencyConflict,
-    VerdictCode.HOLD_NOT_FOUND: NotFound,
-    VerdictCode.HOLD_EXPIRED: StateConflict,
-    VerdictCode.HOLD_ALREADY_RESOLVED: StateConflict,
+    VerdictCode.HOLD_NOT_FOUND: HoldNotFound,
+    VerdictCode.HOLD_EXPIRED: HoldExpired,
+    VerdictCode.HOLD_ALREADY_RESOLVED: HoldAlreadyResolved,
 }
 
 REFUSAL_MESSAGES: dict[VerdictCode, str] = {
@@ -134,9 +135,4 @@ def refusal_error(
         details.update(required_credits=credits, available_credits=available)
     if retry_after_ms > 0:
         details["retry_after_ms"] = retry_after_ms
-    error = cls(message or REFUSAL_MESSAGES.get(code, code.value), **details)
-    if cls is NotFound:
-        error.code = "hold_not_found"  # type: ignore[misc]
-    elif code in (VerdictCode.HOLD_EXPIRED, VerdictCode.HOLD_ALREADY_RESOLVED):
-        error.code = code.value  # type: ignore[misc]
-    return error
+    return cls(message or REFUSAL_MESSAGES.get(code, code.value), **details)

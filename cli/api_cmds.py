@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aggregator.gc_tuning import tuned_for_batches
 from cli.common import run
@@ -21,6 +21,10 @@ from domain.errors import InvalidInput
 from stack.metrics import RoleMetrics
 from stack.role_process import run_role
 from stack.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # imported lazily at run time: keep `credits --help` light
+    from api.payments.razorpay import RazorpaySettings
+    from api.services import ApiConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -40,7 +44,7 @@ def register(subparsers: Any) -> None:
     api.set_defaults(handler=_api)
 
 
-def _razorpay(settings: Settings) -> Any:
+def _razorpay(settings: Settings) -> RazorpaySettings | None:
     if settings.gateway != "razorpay":
         return None
     from api.payments.razorpay import RazorpaySettings  # noqa: PLC0415
@@ -58,7 +62,7 @@ def _razorpay(settings: Settings) -> Any:
     return RazorpaySettings(key_id=key_id, key_secret=key_secret, webhook_secret=webhook_secret)
 
 
-def api_config(settings: Settings, *, own_url: str | None = None) -> Any:
+def api_config(settings: Settings, *, own_url: str | None = None) -> ApiConfig:
     """The API's config from the process settings; every URL must be set."""
     from api.services import ApiConfig  # noqa: PLC0415 -- keep `credits --help` light
 

@@ -21,11 +21,7 @@ def register(subparsers: Any) -> None:
     ledger = commands.add_parser(
         "ledger", help="one transaction per usage event vs batched settlement"
     )
-    ledger.add_argument(
-        "--server-url",
-        default=os.environ.get("CREDITS_BENCH_PG_URL", LOCAL_SERVER_URL),
-        help="a PostgreSQL server where scratch databases may be created and dropped",
-    )
+    _server_url(ledger)
     ledger.add_argument("--events", type=int, default=10_000)
     ledger.add_argument("--batch-size", type=int, default=5_000)
     ledger.add_argument("--wallets", type=int, default=100)
@@ -34,16 +30,8 @@ def register(subparsers: Any) -> None:
     pipeline = commands.add_parser(
         "pipeline", help="events produced -> ledger and ClickHouse, vs the Kafka ceiling"
     )
-    pipeline.add_argument(
-        "--server-url",
-        default=os.environ.get("CREDITS_BENCH_PG_URL", LOCAL_SERVER_URL),
-        help="a PostgreSQL server where a scratch database may be created and dropped",
-    )
-    pipeline.add_argument(
-        "--redis-url",
-        default=os.environ.get("CREDITS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
-        help="Redis for the wallet mirror (keys under a per-run prefix)",
-    )
+    _server_url(pipeline)
+    _redis_url(pipeline)
     pipeline.add_argument("--events", type=int, default=50_000)
     pipeline.add_argument("--per-message-events", type=int, default=2_000)
     pipeline.add_argument("--wallets", type=int, default=1_000)
@@ -59,16 +47,8 @@ def register(subparsers: Any) -> None:
     api = commands.add_parser(
         "api", help="POST /wallet/consume at a constant offered rate vs a trivial endpoint"
     )
-    api.add_argument(
-        "--server-url",
-        default=os.environ.get("CREDITS_BENCH_PG_URL", LOCAL_SERVER_URL),
-        help="a PostgreSQL server where a scratch database may be created and dropped",
-    )
-    api.add_argument(
-        "--redis-url",
-        default=os.environ.get("CREDITS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
-        help="Redis for the wallet mirror and idempotency records (keys under a run prefix)",
-    )
+    _server_url(api)
+    _redis_url(api)
     api.add_argument("--rate", type=float, default=1000.0, help="offered requests per second")
     api.add_argument("--seconds", type=float, default=10.0, help="duration of each phase")
     api.add_argument("--wallets", type=int, default=100, help="funded wallets (plus a tight one)")
@@ -76,6 +56,22 @@ def register(subparsers: Any) -> None:
         "--api-processes", type=int, default=1, help="API processes sharing the port (1-8)"
     )
     api.set_defaults(handler=_bench_api)
+
+
+def _server_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server-url",
+        default=os.environ.get("CREDITS_BENCH_PG_URL", LOCAL_SERVER_URL),
+        help="a PostgreSQL server where scratch databases may be created and dropped",
+    )
+
+
+def _redis_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("CREDITS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
+        help="Redis for the wallet mirror (and idempotency records), keys under a run prefix",
+    )
 
 
 def _bench_ledger(args: argparse.Namespace) -> int:

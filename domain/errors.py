@@ -63,6 +63,12 @@ class UnknownWallet(NotFound):
     code = "unknown_wallet"
 
 
+class HoldNotFound(NotFound):
+    """No hold with this id on this wallet."""
+
+    code = "hold_not_found"
+
+
 class InsufficientCredits(CreditsError):
     """The operation would take a balance below zero; nothing was changed."""
 
@@ -79,6 +85,18 @@ class StateConflict(CreditsError):
     """The operation is not allowed in the current state (e.g. a purchase already resolved)."""
 
     code = "state_conflict"
+
+
+class HoldExpired(StateConflict):
+    """The hold expired (its credits went back to available) before it was captured."""
+
+    code = "hold_expired"
+
+
+class HoldAlreadyResolved(StateConflict):
+    """The hold was already captured or released."""
+
+    code = "hold_already_resolved"
 
 
 class CapExceeded(CreditsError):

@@ -12,17 +12,16 @@ read back and compared with the credits its 200 responses say were charged:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import psutil
 
 from meter.topics import TopicNames
 from settlement.ledger.scratch import scratch_database
+from stack.api_process import start_api_process, wait_until_healthy
 from stack.load_gen import LoadResult, Request, run_load
 from stack.ports import free_port
 from stack.tansu import TansuBroker
@@ -56,27 +56,6 @@ class _Wallet:
     token: str
     funded: int
     charged: int = 0
-
-
-def _start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603 -- our own CLI, fixed arguments
-        [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--reuse-port"],
-        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-
-
-async def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    async with httpx.AsyncClient(timeout=1) as client:
-        while True:
-            try:
-                if (await client.get(f"{url}/health")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the API did not come up; see {log}")
-            await asyncio.sleep(0.2)
 
 
 async def _wallets(url: str, admin: str, plan: ApiBenchPlan, price: int) -> list[_Wallet]:
@@ -119,6 +98,10 @@ def _consume_request(wallets: list[_Wallet], run_id: str) -> Any:
         )  # fmt: skip
 
     return make
+
+
+def _running(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is None
 
 
 def _figures(result: LoadResult, prefix: str = "") -> dict[str, float | int]:
@@ -165,13 +148,13 @@ async def run_api_bench(plan: ApiBenchPlan) -> dict[str, Any]:
             }  # fmt: skip
             log = tmp_path / "api.log"
             procs = [
-                _start_api(env, port, log.with_name(f"api{n}.log"))
+                start_api_process(env, port, log.with_name(f"api{n}.log"), reuse_port=True)
                 for n in range(plan.api_processes)
             ]
             url = f"http://127.0.0.1:{port}"
             try:
                 for each in procs:
-                    await _wait_up(url, each, log)
+                    await wait_until_healthy(url, alive=partial(_running, each))
                 from domain.pricing import load_catalogue  # noqa: PLC0415
 
                 price = load_catalogue().price(FEATURE)

@@ -52,6 +52,7 @@ from settlement.ledger.db import open_pool
 from settlement.ledger.migrate import upgrade
 from settlement.ledger.verify import VerifyReport, verify_ledger
 from stack.api_access import admin_key, demo_owner_key
+from stack.api_process import wait_until_healthy
 from stack.demo_history import DEMO_WALLET, DemoSummary, seed_demo
 from stack.demo_traffic import TrafficReport, new_run_id
 from stack.drain import DrainReport, Stage, wait_until_drained
@@ -418,18 +419,9 @@ class StackRunner:
 
     async def _wait_api(self) -> None:
         """The API's ready file is written before uvicorn binds; wait until it answers."""
-        deadline = time.monotonic() + self.options.ready_timeout_s
-        async with httpx.AsyncClient(timeout=2) as client:
-            while True:
-                self._check_stop()
-                try:
-                    if (await client.get(f"{self.api_url}/health")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"the API did not answer on {self.api_url}; see its log")
-                await asyncio.sleep(0.1)
+        await wait_until_healthy(
+            self.api_url, timeout_s=self.options.ready_timeout_s, check=self._check_stop
+        )
 
     async def _probe_api(self) -> tuple[str, str | None]:
         """``GET /wallet`` with the demo key: (report line, problem or None)."""

@@ -177,6 +177,9 @@ def _hold_out(result: HoldResult) -> HoldOut:
     )
 
 
+_REFUSAL_VALUES = frozenset(o.value for o in HoldOutcome) & frozenset(c.value for c in VerdictCode)
+
+
 def _hold_refusal(result: HoldResult) -> None:
     outcome = result.outcome
     if outcome is HoldOutcome.NOT_FOUND:
@@ -186,10 +189,7 @@ def _hold_refusal(result: HoldResult) -> None:
             f"hold {result.hold_id!r} is already {result.state.value if result.state else 'gone'}",
             state=result.state.value if result.state else None,
         )
-    refusal_codes = {o.value for o in HoldOutcome} - {
-        o.value for o in (HoldOutcome.HELD, HoldOutcome.DUPLICATE, HoldOutcome.RELEASED)
-    }
-    if outcome.value in refusal_codes:
+    if outcome.value in _REFUSAL_VALUES:  # an authorisation gate refused the reservation
         raise refusal_error(
             VerdictCode(outcome.value),
             message="",

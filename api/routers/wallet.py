@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from aggregator.mirror import snapshot
 from api.auth import Reader, Services, wallet_of
+from api.services import ApiServices
 from domain.errors import InvalidInput
 from domain.ledger_rules import TxnType
 from settlement.ledger.records import WalletRecord
@@ -68,7 +69,7 @@ class TransactionPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page")
 
 
-async def balances_of(services: Any, record: WalletRecord) -> tuple[BalancesOut, str]:
+async def balances_of(services: ApiServices, record: WalletRecord) -> tuple[BalancesOut, str]:
     """Ledger balances with the mirror's live reservations applied, and the live status."""
     b = record.balances
     available, reserved, status = b.available, b.reserved, record.status

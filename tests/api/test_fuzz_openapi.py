@@ -14,7 +14,6 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest_asyncio
 
 from meter.topics import TopicNames
 from settlement.usage_sink.query_service import UsageQueryService
+from stack.api_process import start_api_process, wait_until_healthy
 from stack.ports import free_port
 from stack.tansu import TansuBroker
 from tests.redis_support import REDIS_URL
@@ -33,23 +33,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.kafka, pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-
-
-def _start_api(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "api", "--port", str(port)],
-        cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, log_path.read_text()
-        assert time.monotonic() < deadline, "the API did not come up"
-        time.sleep(0.2)
 
 
 def _stop_api(proc: subprocess.Popen[bytes]) -> None:
@@ -74,8 +57,9 @@ async def api_process(
         "CREDITS_USAGE_QUERY_URL": usage_queries.url,
     }
     log_path = tmp_path / "api.log"
-    proc = await asyncio.to_thread(_start_api, env, port, log_path)
+    proc = await asyncio.to_thread(start_api_process, env, port, log_path)
     try:
+        await wait_until_healthy(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None)
         yield f"http://127.0.0.1:{port}", admin
     finally:
         await asyncio.to_thread(_stop_api, proc)
