@@ -38,7 +38,7 @@ async def authorize(store: WalletStore, request: AuthRequest) -> Decision:
     different amount or member.
     """
     script, keys, args = _authorize_call(store, request)
-    return decision_from_reply(request, as_list(await script(keys=keys, args=args)))
+    return decision_from_reply(request, as_list(await store.run_script(script, keys, args)))
 
 
 async def authorize_many(
@@ -244,9 +244,10 @@ async def release(store: WalletStore, wallet_id: str, event_id: str) -> ReleaseR
     require_id(event_id, field="event_id")
     keys = store.keys.wallet(wallet_id)
     reply = as_list(
-        await store.scripts.release(
-            keys=[keys.wallet, keys.in_flight, keys.event(event_id)],
-            args=[event_id, store.record_ttl_ms],
+        await store.run_script(
+            store.scripts.release,
+            [keys.wallet, keys.in_flight, keys.event(event_id)],
+            [event_id, store.record_ttl_ms],
         )
     )
     return ReleaseResult(

@@ -7,20 +7,26 @@ and would cost every request; GitHub and Stripe tokens work the same way).
 
 Lookups are cached per process for :data:`CACHE_TTL_S` seconds so the hot path (consume)
 costs no database round trip; a revocation through this process takes effect at once, and in
-other API processes within the TTL (documented in README Operations).
+other API processes within the TTL (documented in README Operations). A key in use is
+refreshed in the background once its entry is older than :data:`REFRESH_AFTER_S`, so a busy
+key never waits for the database; concurrent lookups of one key share one query; at most
+:data:`CACHE_MAX_KEYS` keys are kept (the oldest entry goes first).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -29,7 +35,11 @@ from domain.errors import InvalidInput, NotFound, Unauthenticated
 from settlement.ledger.records import MEMBER_ID_RE, require_id
 from settlement.ledger.writer import Conn
 
+log = logging.getLogger(__name__)
+
 CACHE_TTL_S = 10.0
+REFRESH_AFTER_S = 5.0
+CACHE_MAX_KEYS = 10_000
 _TOKEN_RE = re.compile(r"^cdk_([a-f0-9]{16})_([A-Za-z0-9_-]{43})$")
 
 
@@ -128,16 +138,28 @@ def require_scopes(raw: Iterable[object]) -> tuple[Scope, ...]:
 class _Cached:
     secret_sha256: bytes
     principal: Principal | None  # None: revoked or unknown
+    refresh_after: float
     expires: float
 
 
 class ApiKeys:
     """Issue, list, revoke and authenticate wallet keys (the platform admin key is separate)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Conn], *, admin_token: str | None) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Conn],
+        *,
+        admin_token: str | None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pool = pool
+        self._monotonic = monotonic
         self._admin_sha256 = digest(admin_token) if admin_token else None
         self._cache: dict[str, _Cached] = {}
+        self._loading: dict[str, asyncio.Future[_Cached]] = {}
+        """Lookups in flight (a refresh or a miss), joined by concurrent requests for the key."""
+        self._generation = 0
+        """Bumped by every invalidation: a lookup that started before one is not cached."""
 
     async def issue(
         self,
@@ -198,7 +220,7 @@ class ApiKeys:
             row = await cur.fetchone()
         if row is None:
             raise NotFound(f"key {key_id!r} not found", field="key_id")
-        self._cache.pop(key_id, None)
+        self._invalidate(key_id)
         return _info(row)
 
     async def authenticate(self, token: str | None) -> Principal:
@@ -211,16 +233,53 @@ class ApiKeys:
             return Principal(key_id="admin", scopes=frozenset({Scope.ADMIN}))
         key_id, secret = parse_token(token)
         cached = self._cache.get(key_id)
-        now = time.monotonic()
-        if cached is None or cached.expires < now:
-            cached = await self._load(key_id, now)
+        now = self._monotonic()
+        if cached is None or cached.expires <= now:
+            cached = await self._lookup(key_id)
+        elif cached.refresh_after <= now and key_id not in self._loading:
+            self._start_lookup(key_id)  # refresh in the background; this request goes on
         if cached.principal is None or not hmac.compare_digest(
             digest(secret), cached.secret_sha256
         ):
             raise Unauthenticated("invalid API key")
         return cached.principal
 
-    async def _load(self, key_id: str, now: float) -> _Cached:
+    def forget(self, wallet_id: str) -> None:
+        """Drop cached keys of a wallet (after a member's role changes or a wallet freezes)."""
+        for key_id, cached in list(self._cache.items()):
+            if cached.principal is not None and cached.principal.wallet_id == wallet_id:
+                self._cache.pop(key_id, None)
+        self._loading.clear()  # a lookup in flight may hold the old role: nobody may join it
+        self._generation += 1  # ... nor cache what it read
+
+    def _invalidate(self, key_id: str) -> None:
+        self._cache.pop(key_id, None)
+        self._loading.pop(key_id, None)
+        self._generation += 1
+
+    async def _lookup(self, key_id: str) -> _Cached:
+        """The key's row, read once however many requests ask for it at the same time."""
+        return await asyncio.shield(self._start_lookup(key_id))
+
+    def _start_lookup(self, key_id: str) -> asyncio.Future[_Cached]:
+        """The lookup of ``key_id`` in flight, started now if there is none. A lookup started
+        before an invalidation is no longer joinable: later callers start their own."""
+        loading = self._loading.get(key_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key_id))
+            self._loading[key_id] = loading
+            loading.add_done_callback(partial(self._lookup_done, key_id))
+        return loading
+
+    def _lookup_done(self, key_id: str, loading: asyncio.Future[_Cached]) -> None:
+        if self._loading.get(key_id) is loading:
+            del self._loading[key_id]
+        if not loading.cancelled() and loading.exception() is not None:
+            # Waiting callers get the error; a background refresh leaves the entry to expire.
+            log.info("looking up API key %s failed: %r", key_id, loading.exception())
+
+    async def _load(self, key_id: str) -> _Cached:
+        generation = self._generation
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT k.secret_sha256, k.wallet_id, k.member_id, k.scopes, k.revoked_at, m.role "
@@ -229,11 +288,10 @@ class ApiKeys:
                 (key_id,),
             )
             row = await cur.fetchone()
-        if row is None:
-            cached = _Cached(b"\0" * 32, None, now + CACHE_TTL_S)
-        else:
+        now = self._monotonic()
+        sha, principal = b"\0" * 32, None
+        if row is not None:
             sha, wallet_id, member_id, scopes, revoked_at, role = row
-            principal = None
             if revoked_at is None:
                 principal = Principal(
                     key_id=key_id,
@@ -242,17 +300,13 @@ class ApiKeys:
                     member_id=member_id,
                     role=Role(role),
                 )
-            cached = _Cached(bytes(sha), principal, now + CACHE_TTL_S)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key_id] = cached
+        cached = _Cached(bytes(sha), principal, now + REFRESH_AFTER_S, now + CACHE_TTL_S)
+        if generation == self._generation:
+            self._cache.pop(key_id, None)  # re-insert: the dict's order is the load order
+            while len(self._cache) >= CACHE_MAX_KEYS:
+                del self._cache[next(iter(self._cache))]
+            self._cache[key_id] = cached
         return cached
-
-    def forget(self, wallet_id: str) -> None:
-        """Drop cached keys of a wallet (after a member's role changes or a wallet freezes)."""
-        for key_id, cached in list(self._cache.items()):
-            if cached.principal is not None and cached.principal.wallet_id == wallet_id:
-                self._cache.pop(key_id, None)
 
 
 def _info(row: tuple[Any, ...]) -> KeyInfo:

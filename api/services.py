@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
+from aggregator.multiplexed_redis import MultiplexedRedis
 from aggregator.redis_client import HiredisPackedConnection
 from aggregator.redis_keys import KeySpace
 from aggregator.wallet_store import WalletStore
@@ -62,6 +63,8 @@ class ApiConfig:
     redis_max_connections: int = 2048
     auto_recharge_worker: bool = True
     live_updates: bool = True
+    fast_lane: bool = True
+    """Serve ``POST /wallet/consume`` through :mod:`api.fast_lane` (False: the FastAPI route)."""
 
 
 @dataclass(slots=True)
@@ -113,7 +116,10 @@ async def open_services(
             )
         )
         exits.push_async_callback(client.aclose)
-        mirror = WalletStore.create(client, KeySpace(config.key_prefix))
+        shared = _shared_connection(config.redis_url)
+        if shared is not None:
+            exits.push_async_callback(shared.aclose)
+        mirror = WalletStore.create(client, KeySpace(config.key_prefix), script_client=shared)
         # No linger: a consume waits for its own ack, so lingering only adds latency;
         # concurrent requests still share batches while a produce request is in flight.
         tuning = ProducerTuning(client_id="credits-api", linger_ms=0)
@@ -155,7 +161,7 @@ async def open_services(
             catalogue=catalogue,
             caps=caps,
             keys=ApiKeys(pool, admin_token=config.admin_key),
-            idempotency=IdempotencyStore(client, config.key_prefix),
+            idempotency=IdempotencyStore(shared or client, config.key_prefix),
             recharge=RechargeStore(pool, clock),
             exits=exits,
             gateway=gateway,
@@ -170,3 +176,13 @@ async def open_services(
                 gateway=gateway,
             ),
         )
+
+
+def _shared_connection(redis_url: str) -> MultiplexedRedis | None:
+    """One connection shared by every request for the consume path's Redis calls (the
+    authorisation script, the idempotency record); ``None`` for a URL it cannot serve (TLS,
+    unix socket, options), where the pooled redis-py client does everything."""
+    try:
+        return MultiplexedRedis.from_url(redis_url)
+    except ValueError:
+        return None
