@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.fast_lane import ConsumeFastLane, LaneCounters
 from api.live.lifecycle import start_live_hub
 from api.recharge.lifecycle import start_recharge_worker
 from api.routers import (
@@ -72,4 +73,11 @@ def create_app(config: ApiConfig, *, clock: Clock | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.state.fast_lane = LaneCounters()
+    if config.fast_lane:
+        app.add_middleware(
+            ConsumeFastLane,
+            services=lambda: app.state.services,
+            counters=app.state.fast_lane,
+        )
     return app

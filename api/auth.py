@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from api.idempotency import HEADER, require_key
 from api.keys import MANAGERS, Principal, Role, Scope
@@ -44,22 +45,37 @@ def require(
     """A dependency admitting wallet keys with ``scope`` (and a member role in ``roles``)."""
 
     async def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if principal.wallet_id is None:
-            raise Forbidden(
-                "the platform admin key has no wallet; use the /admin routes with a wallet id"
-            )
-        if scope not in principal.scopes and Scope.ADMIN not in principal.scopes:
-            raise Forbidden(f"this key lacks the {scope.value!r} scope", required_scope=scope.value)
-        if roles is not None and principal.role not in roles:
-            allowed = " or ".join(sorted(r.value for r in roles))
-            raise Forbidden(
-                f"only a wallet {allowed} may do this; member {principal.member_id!r} "
-                f"is {principal.role.value if principal.role else 'unknown'}",
-                required_role=sorted(r.value for r in roles),
-            )
-        return principal
+        return admit(principal, scope, roles=roles)
 
     return check
+
+
+def admit(principal: Principal, scope: Scope, *, roles: frozenset[Role] | None = None) -> Principal:
+    """``principal`` if it is a wallet key with ``scope`` (and a role in ``roles``), else
+    :class:`Forbidden`. ``admin`` on a wallet key implies every other scope."""
+    if principal.wallet_id is None:
+        raise Forbidden(
+            "the platform admin key has no wallet; use the /admin routes with a wallet id"
+        )
+    if scope not in principal.scopes and Scope.ADMIN not in principal.scopes:
+        raise Forbidden(f"this key lacks the {scope.value!r} scope", required_scope=scope.value)
+    if roles is not None and principal.role not in roles:
+        allowed = " or ".join(sorted(r.value for r in roles))
+        raise Forbidden(
+            f"only a wallet {allowed} may do this; member {principal.member_id!r} "
+            f"is {principal.role.value if principal.role else 'unknown'}",
+            required_role=sorted(r.value for r in roles),
+        )
+    return principal
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, as :data:`bearer` reads it
+    (scheme case-insensitive); ``None`` when absent or another scheme."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and token) or scheme.lower() != "bearer":
+        return None
+    return token
 
 
 async def require_platform_admin(

@@ -186,15 +186,20 @@ OVERLOAD_ERRORS: tuple[type[Exception], ...] = (
 undone), so the caller gets a retryable 503, not a 500."""
 
 
-async def _on_overload(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
+def overload_problem(method: str, path: str, exc: Exception) -> JSONResponse:
+    """The retryable 503 for one of :data:`OVERLOAD_ERRORS` (logged as a warning)."""
+    log.warning("dependency unavailable on %s %s: %r", method, path, exc)
     return problem(
         503,
         "unavailable",
         "a dependency is unavailable or saturated; retry with the same Idempotency-Key",
-        instance=request.url.path,
+        instance=path,
         headers={"Retry-After": "1"},
     )
+
+
+async def _on_overload(request: Request, exc: Exception) -> JSONResponse:
+    return overload_problem(request.method, request.url.path, exc)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

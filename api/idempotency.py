@@ -160,24 +160,38 @@ def _response(stored: Stored, *, replayed: bool) -> Response:
     )
 
 
-async def run_idempotent(
-    request: Request,
-    scope: str,
-    key: str,
-    action: Callable[[], Awaitable[tuple[int, BaseModel | dict[str, Any]]]],
-) -> Response:
+Action = Callable[[], Awaitable[tuple[int, BaseModel | dict[str, Any]]]]
+"""What a mutating route does once per key: its status and body (a model or a JSON dict)."""
+
+
+async def run_idempotent(request: Request, scope: str, key: str, action: Action) -> Response:
     """Execute ``action`` once per (scope, key); see the module docstring."""
     store: IdempotencyStore = request.app.state.services.idempotency
+    return await execute_once(
+        store, request.method, request.url.path, await request.body(), scope, key, action
+    )
+
+
+async def execute_once(
+    store: IdempotencyStore,
+    method: str,
+    path: str,
+    body: bytes,
+    scope: str,
+    key: str,
+    action: Action,
+) -> Response:
+    """:func:`run_idempotent` for a caller that holds the raw request (the consume fast lane)."""
 
     async def run() -> tuple[int, Any]:
         status, model = await action()
-        body = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
-        return status, body
+        dumped = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
+        return status, dumped
 
     return await store.execute(
         scope=scope,
         key=key,
-        fingerprint=fingerprint(request.method, request.url.path, await request.body()),
-        instance=request.url.path,
+        fingerprint=fingerprint(method, path, body),
+        instance=path,
         action=run,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregator.gc_tuning import tuned_for_batches
-from cli.common import run
+from cli.common import run_fast
 from domain.errors import InvalidInput
 from stack.metrics import RoleMetrics
 from stack.role_process import run_role
@@ -94,6 +94,7 @@ def api_config(settings: Settings, *, own_url: str | None = None) -> ApiConfig:
         clickhouse_url=settings.clickhouse_url,
         usage_query_url=settings.usage_query_url,
         razorpay=_razorpay(settings),
+        fast_lane=settings.api_fast_lane,
     )
 
 
@@ -151,12 +152,3 @@ def _shared_socket(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.listen(2048)
     return sock
-
-
-def run_fast(coro: Any) -> int:
-    """Run on uvloop when it is installed (a measurably cheaper event loop per request)."""
-    try:
-        import uvloop  # noqa: PLC0415
-    except ImportError:
-        return int(run(coro))
-    return int(uvloop.run(coro))

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from cli.common import LOCAL_SERVER_URL, run
+from cli.common import LOCAL_SERVER_URL, run, run_fast
 from domain.errors import InvalidInput
 from settlement.ledger import bench
 from settlement.ledger.scratch import scratch_database
@@ -45,7 +45,9 @@ def register(subparsers: Any) -> None:
     pipeline.set_defaults(handler=_bench_pipeline)
 
     api = commands.add_parser(
-        "api", help="POST /wallet/consume at a constant offered rate vs a trivial endpoint"
+        "api",
+        help="POST /wallet/consume vs a trivial endpoint: latency at an offered rate, then "
+        "throughput at saturation",
     )
     _server_url(api)
     _redis_url(api)
@@ -54,6 +56,18 @@ def register(subparsers: Any) -> None:
     api.add_argument("--wallets", type=int, default=100, help="funded wallets (plus a tight one)")
     api.add_argument(
         "--api-processes", type=int, default=1, help="API processes sharing the port (1-8)"
+    )
+    api.add_argument(
+        "--saturation-seconds",
+        type=float,
+        default=5.0,
+        help="closed-loop (max throughput) phase per endpoint, 0-120 seconds; 0 skips it",
+    )
+    api.add_argument(
+        "--saturation-connections",
+        type=int,
+        default=32,
+        help="connections of the saturation phase, each with one request in flight (1-512)",
     )
     api.set_defaults(handler=_bench_api)
 
@@ -146,6 +160,11 @@ def _bench_api(args: argparse.Namespace) -> int:
         raise InvalidInput("--rate must be 1..20,000 and --seconds 1..600")
     if not 1 <= args.wallets <= 1_000 or not 1 <= args.api_processes <= 8:
         raise InvalidInput("--wallets must be 1..1,000 and --api-processes 1..8")
+    if not 0 <= args.saturation_seconds <= 120 or not 1 <= args.saturation_connections <= 512:
+        raise InvalidInput(
+            "--saturation-seconds must be 0..120 (0 skips the saturation phase) "
+            "and --saturation-connections 1..512"
+        )
     plan = api_bench.ApiBenchPlan(
         rate=args.rate,
         seconds=args.seconds,
@@ -153,7 +172,9 @@ def _bench_api(args: argparse.Namespace) -> int:
         server_url=args.server_url,
         redis_url=args.redis_url,
         api_processes=args.api_processes,
+        saturation_s=args.saturation_seconds,
+        saturation_connections=args.saturation_connections,
     )
-    result = run(api_bench.run_api_bench(plan))
+    result = run_fast(api_bench.run_api_bench(plan))
     print(json.dumps(result))
     return 0 if result["over_authorized"] == 0 and result["balance_mismatches"] == 0 else 1

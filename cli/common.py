@@ -35,3 +35,13 @@ def require_database_url(args: argparse.Namespace) -> str:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+def run_fast(coro: Coroutine[Any, Any, T]) -> T:
+    """:func:`run` on uvloop when it is installed (a measurably cheaper event loop per request:
+    the API server, and the benchmark's load generator that shares its cores)."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return run(coro)
+    return uvloop.run(coro)

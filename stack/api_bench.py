@@ -1,13 +1,37 @@
-"""``credits bench api``: ``POST /wallet/consume`` at a constant offered rate vs ``GET /health``.
+"""``credits bench api``: ``POST /wallet/consume`` against the trivial ``GET /health``.
 
-One run, one API process (``credits api``, as in production), one scratch database, one
-Redis key prefix, one embedded Tansu. Wallets are created and funded through the API. Then,
-at the same offered rate and for the same duration, the trivial endpoint and the consume
-endpoint are loaded by the open-loop generator of :mod:`stack.load_gen` (latency counted
-from each request's scheduled time). Every tenth consume goes to a *tight* wallet funded for
-only a few operations, so refusals happen under load; afterwards every wallet's balance is
-read back and compared with the credits its 200 responses say were charged:
-``over_authorized`` counts credits charged beyond funding or missing from the balance.
+One run, one API process (``credits api``, as in production; ``--api-processes`` for more),
+one scratch database, one Redis key prefix, one embedded Tansu. Wallets are created and funded
+through the API. Then, in order:
+
+1. **Open loop, latency** (``seconds`` each, trivial then consume, with a **warm-up** of
+   ``warmup_s`` just before the consume phase: consumes at the offered rate, not measured —
+   first-request costs: connection pools, the key cache, the mirror — whose charges are read
+   back before measuring): the open-loop generator of
+   :mod:`stack.load_gen` offers both endpoints the *same* constant rate, latency counted from
+   each request's scheduled time (no coordinated omission). This gives p50/p99/p999 at a
+   realistic load, and CPU per request. Its throughput ratio
+   (``consume_vs_trivial_at_offered_rate``) is ~1.0 whenever the server keeps up: the
+   generator sends no faster than it offers, so it says nothing about capacity.
+2. **Closed loop, saturation** (``saturation_s`` each, trivial then consume; 0 skips it):
+   ``saturation_connections`` keep-alive connections each send their next request as soon as
+   the previous answer arrives, so the server is never idle and ``achieved_rps`` is the most
+   it answers (``trivial_max_rps``, ``consume_max_rps``; latency counted from send). The
+   throughput target — consume at least half the trivial endpoint's — is a statement about
+   capacity, so ``consume_vs_trivial`` is ``consume_max_rps / trivial_max_rps``.
+
+Every twentieth consume goes to a *tight* wallet funded for only ``TIGHT_OPERATIONS``
+operations, so refusals (402, a correct answer, counted as served) happen under load; the bulk
+wallets are funded far beyond what any phase can spend, so none of their consumes is refused
+for lack of credits. Consumes in the three consume phases use disjoint index ranges (warm-up
+``10_000_000 + i``, open loop ``i``, saturation ``20_000_000 + i``), hence distinct idempotency
+keys. Afterwards every wallet's balance is read back and compared with the credits that the
+200 responses of *both* measured consume phases say were charged: ``over_authorized`` counts
+credits charged beyond funding, ``balance_mismatches`` wallets whose balance disagrees.
+
+Rate limits still apply (``domain/config/caps.toml``, ``api``: 100/s per wallet); a 429 is
+an answer too, but a cheap one, so use enough ``--wallets`` that the saturation rate divided
+by the wallet count stays well under it (``consume_max_statuses`` shows any 429s).
 """
 
 from __future__ import annotations
@@ -20,6 +44,7 @@ import sys
 import tempfile
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,12 +56,21 @@ import psutil
 from meter.topics import TopicNames
 from settlement.ledger.scratch import scratch_database
 from stack.api_process import start_api_process, wait_until_healthy
-from stack.load_gen import LoadResult, Request, run_load
+from stack.load_gen import LoadResult, Request, run_load, run_saturation
 from stack.ports import free_port
 from stack.tansu import TansuBroker
 
 FEATURE = "api.heavy_query"
+HEALTH = Request("GET", "/health", {})
 TIGHT_OPERATIONS = 50
+# Credits per bulk wallet: 2,000,000 consumes of the 5-credit feature. The wallet rate limit
+# (caps.toml, api: 3,000/min) lets one wallet be charged at most ~15,000 credits a minute, so
+# even the longest run `bench api` allows (2 s warm-up, 600 s open loop, 120 s saturation of
+# consume) stays far below it: a bulk wallet never answers 402. (3,000 req/s for 5 s over 100
+# wallets is ~720 credits each.)
+BULK_FUNDING = 10_000_000
+SATURATION_OFFSET = 20_000_000  # above the open loop's 0..rate*seconds and the warm-up's 10M+
+WARMUP_OFFSET = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +82,8 @@ class ApiBenchPlan:
     redis_url: str
     api_processes: int = 1
     warmup_s: float = 2.0
+    saturation_s: float = 5.0  # closed-loop phase per endpoint; 0 skips it
+    saturation_connections: int = 32
 
 
 @dataclass(slots=True)
@@ -71,7 +107,7 @@ async def _wallets(url: str, admin: str, plan: ApiBenchPlan, price: int) -> list
                 "/admin/wallets", json=body, headers={**headers, "Idempotency-Key": wallet_id}
             )
             created.raise_for_status()
-            funded = price * TIGHT_OPERATIONS if tight else 10_000_000
+            funded = price * TIGHT_OPERATIONS if tight else BULK_FUNDING
             fund = {"credits": funded, "reason": "goodwill", "actor": "bench"}
             response = await client.post(
                 f"/admin/wallets/{wallet_id}/adjustments", json=fund,
@@ -82,7 +118,7 @@ async def _wallets(url: str, admin: str, plan: ApiBenchPlan, price: int) -> list
     return made
 
 
-def _consume_request(wallets: list[_Wallet], run_id: str) -> Any:
+def _consume_request(wallets: list[_Wallet], run_id: str) -> Callable[[int], Request]:
     """Every 20th request goes to the tight wallet; members rotate so that no member or
     wallet reaches its rate limit at the default rate (100 wallets, 1,000 req/s)."""
     bodies = [json.dumps({"feature": FEATURE, "member_id": f"m{m}"}).encode() for m in range(20)]
@@ -160,23 +196,19 @@ async def run_api_bench(plan: ApiBenchPlan) -> dict[str, Any]:
                 price = load_catalogue().price(FEATURE)
                 wallets = await _wallets(url, admin, plan, price)
                 make = _consume_request(wallets, run_id)
-                await run_load("127.0.0.1", port, lambda i: make(10_000_000 + i),
+                api = _Processes([psutil.Process(p.pid) for p in procs])
+                trivial_phase = await _measure(
+                    api,
+                    run_load("127.0.0.1", port, lambda i: HEALTH, rate=plan.rate,
+                             seconds=plan.seconds),
+                )  # fmt: skip
+                # Warm up right before the consume phases (key cache, mirror, connections).
+                await run_load("127.0.0.1", port, lambda i: make(WARMUP_OFFSET + i),
                                rate=plan.rate, seconds=plan.warmup_s)  # fmt: skip
                 for wallet in wallets:  # the warm-up charged too: start from what is left
                     wallet.funded = await _available(url, wallet)
-                health = Request("GET", "/health", {})
-                api_process = _Processes([psutil.Process(p.pid) for p in procs])
-                cpu_before = _cpu_s(api_process)
-                trivial = await run_load(
-                    "127.0.0.1", port, lambda i: health, rate=plan.rate, seconds=plan.seconds
-                )
-                cpu_trivial = _cpu_s(api_process) - cpu_before
-                cpu_before = _cpu_s(api_process)
-                consume = await run_load("127.0.0.1", port, make, rate=plan.rate,
-                                         seconds=plan.seconds)  # fmt: skip
-                cpu_consume = _cpu_s(api_process) - cpu_before
-                statuses = Counter(sample.status for sample in consume.samples)
-                tally = _tally(consume, wallets)
+                phases = await _phases(plan, port, make, api, trivial_phase)
+                tally = _tally((phases.consume.result, phases.consume_max.result), wallets)
                 over, mismatched = await _check_balances(url, wallets)
             finally:
                 for each in procs:
@@ -184,50 +216,138 @@ async def run_api_bench(plan: ApiBenchPlan) -> dict[str, Any]:
                 for n, each in enumerate(procs):
                     each.wait(timeout=30)
                     _report_server_errors(log.with_name(f"api{n}.log"))
-    expected_refusals = statuses.get(402, 0)
-    errors = consume.failures + sum(n for s, n in statuses.items() if s not in (200, 402, 429))
+    trivial, consume = phases.trivial.result, phases.consume.result
+    trivial_max, consume_max = phases.trivial_max.result, phases.consume_max.result
+    statuses = Counter(sample.status for sample in consume.samples)
+    max_statuses = Counter(sample.status for sample in consume_max.samples)
     return {
         "offered_rps": plan.rate,
         "api_processes": plan.api_processes,
         "seconds": plan.seconds,
         **_figures(consume),
-        "errors": errors,
+        "errors": _errors(consume),
         "authorized": statuses.get(200, 0),
-        "refused_insufficient": expected_refusals,
+        "refused_insufficient": statuses.get(402, 0),
         "rate_limited": statuses.get(429, 0),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "failures": consume.failures,
-        "error_sample": next(
-            (x.body.decode()[:300] for x in consume.samples if x.status not in (200, 402, 429)),
-            None,
-        ),
+        "error_sample": _error_sample(consume) or _error_sample(consume_max),
         "over_authorized": over,
         "balance_mismatches": mismatched,
         "charged_credits": tally,
         **_figures(trivial, "trivial_"),
-        "trivial_errors": trivial.failures + sum(1 for s in trivial.samples if s.status != 200),
-        "api_cpu_us_per_request": round(1e6 * cpu_consume / max(1, len(consume.samples)), 1),
-        "trivial_api_cpu_us_per_request": round(
-            1e6 * cpu_trivial / max(1, len(trivial.samples)), 1
-        ),
+        "trivial_errors": _trivial_errors(trivial),
+        "api_cpu_us_per_request": phases.consume.cpu_us_per_request(),
+        "trivial_api_cpu_us_per_request": phases.trivial.cpu_us_per_request(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
-        "consume_vs_trivial": round(consume.achieved_rps / trivial.achieved_rps, 3)
-        if trivial.achieved_rps
-        else 0.0,
+        "consume_vs_trivial_at_offered_rate": _ratio(consume, trivial),
+        "saturation_s": plan.saturation_s,
+        "saturation_connections": plan.saturation_connections,
+        "trivial_max_rps": round(trivial_max.achieved_rps, 1),
+        "trivial_max_p99_ms": _p99(trivial_max),
+        "trivial_max_errors": _trivial_errors(trivial_max),
+        "consume_max_rps": round(consume_max.achieved_rps, 1),
+        "consume_max_p99_ms": _p99(consume_max),
+        "consume_max_errors": _errors(consume_max),
+        "consume_max_statuses": {str(k): v for k, v in sorted(max_statuses.items())},
+        "api_cpu_us_per_request_max": phases.consume_max.cpu_us_per_request(),
+        "trivial_api_cpu_us_per_request_max": phases.trivial_max.cpu_us_per_request(),
+        "consume_vs_trivial": _ratio(consume_max, trivial_max),
     }
 
 
-def _tally(consume: LoadResult, wallets: list[_Wallet]) -> int:
-    """Add each 200's charge to its wallet; return the total charged."""
+@dataclass(frozen=True, slots=True)
+class _Phase:
+    result: LoadResult
+    cpu_s: float  # the API processes' CPU time (user + system) during the phase
+
+    def cpu_us_per_request(self) -> float:
+        return round(1e6 * self.cpu_s / max(1, len(self.result.samples)), 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Phases:
+    trivial: _Phase
+    consume: _Phase
+    trivial_max: _Phase  # closed loop (saturation); empty when the plan skips it
+    consume_max: _Phase
+
+
+async def _phases(
+    plan: ApiBenchPlan,
+    port: int,
+    make: Callable[[int], Request],
+    api: _Processes,
+    trivial: _Phase,
+) -> _Phases:
+    """The phases after the open-loop trivial one (and the warm-up), in order: open-loop
+    consume; saturation trivial, consume."""
+    host = "127.0.0.1"
+    consume = await _measure(api, run_load(host, port, make, rate=plan.rate, seconds=plan.seconds))
+    if plan.saturation_s <= 0:
+        skipped = _Phase(LoadResult(offered_rps=0.0, seconds=0.0), 0.0)
+        return _Phases(trivial, consume, skipped, skipped)
+    connections, seconds = plan.saturation_connections, plan.saturation_s
+    trivial_max = await _measure(
+        api,
+        run_saturation(host, port, lambda i: HEALTH, connections=connections, seconds=seconds),
+    )
+    consume_max = await _measure(
+        api,
+        run_saturation(
+            host, port, lambda i: make(SATURATION_OFFSET + i),
+            connections=connections, seconds=seconds,
+        ),
+    )  # fmt: skip
+    return _Phases(trivial, consume, trivial_max, consume_max)
+
+
+async def _measure(api: _Processes, load: Awaitable[LoadResult]) -> _Phase:
+    """Run ``load`` (a coroutine not yet started), with the API's CPU time it took."""
+    before = _cpu_s(api)
+    result = await load
+    return _Phase(result, _cpu_s(api) - before)
+
+
+def _errors(consume: LoadResult) -> int:
+    """Failures plus answers other than 200, 402 (refused: no credits) and 429 (rate limit)."""
+    answered = sum(1 for x in consume.samples if x.status not in (200, 402, 429))
+    return consume.failures + answered
+
+
+def _trivial_errors(trivial: LoadResult) -> int:
+    return trivial.failures + sum(1 for x in trivial.samples if x.status != 200)
+
+
+def _error_sample(consume: LoadResult) -> str | None:
+    return next(
+        (x.body.decode()[:300] for x in consume.samples if x.status not in (200, 402, 429)),
+        None,
+    )
+
+
+def _p99(result: LoadResult) -> float | None:
+    return result.percentile_ms(0.99) if result.samples else None  # JSON has no NaN
+
+
+def _ratio(consume: LoadResult, trivial: LoadResult) -> float:
+    if not trivial.achieved_rps:
+        return 0.0
+    return round(consume.achieved_rps / trivial.achieved_rps, 3)
+
+
+def _tally(phases: Iterable[LoadResult], wallets: list[_Wallet]) -> int:
+    """Add each 200's charge (over every consume phase) to its wallet; return the total."""
     by_token = {w.wallet_id: w for w in wallets}
     total = 0
-    for sample in consume.samples:
-        if sample.status != 200:
-            continue
-        body = json.loads(sample.body)
-        wallet = by_token[body["wallet_id"]]
-        wallet.charged += body["credits"]
-        total += body["credits"]
+    for consume in phases:
+        for sample in consume.samples:
+            if sample.status != 200:
+                continue
+            body = json.loads(sample.body)
+            wallet = by_token[body["wallet_id"]]
+            wallet.charged += body["credits"]
+            total += body["credits"]
     return total
 
 

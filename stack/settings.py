@@ -27,6 +27,8 @@ environment variable           meaning
 ``CREDITS_LOW_BALANCE``        default low-balance threshold in credits (200)
 ``CREDITS_USAGE_QUERY_URL``    the settlement worker's usage query service (analytics reads
                                when there is no ClickHouse server; ``credits up`` sets it)
+``CREDITS_API_FAST_LANE``      serve ``POST /wallet/consume`` through the fast lane
+                               (``true``, default) or FastAPI's own route (``false``)
 ``RAZORPAY_KEY_ID``            Razorpay key id (``CREDITS_GATEWAY=razorpay``)
 ``RAZORPAY_KEY_SECRET``        Razorpay key secret (order API, payment signatures)
 ``RAZORPAY_WEBHOOK_SECRET``    Razorpay webhook secret (``X-Razorpay-Signature``)
@@ -78,6 +80,7 @@ class Settings(BaseSettings):
     gateway: str = Field(default="sandbox", pattern="^(sandbox|razorpay)$", alias="CREDITS_GATEWAY")
     low_balance_threshold: int = Field(default=200, ge=1, alias="CREDITS_LOW_BALANCE")
     usage_query_url: str | None = Field(default=None, alias="CREDITS_USAGE_QUERY_URL")
+    api_fast_lane: bool = Field(default=True, alias="CREDITS_API_FAST_LANE")
     razorpay_key_id: str | None = Field(default=None, alias="RAZORPAY_KEY_ID")
     razorpay_key_secret: str | None = Field(default=None, alias="RAZORPAY_KEY_SECRET")
     razorpay_webhook_secret: str | None = Field(default=None, alias="RAZORPAY_WEBHOOK_SECRET")

@@ -19,7 +19,7 @@ from aggregator.admission import VerdictCode, admit, now_ms
 from aggregator.hold_types import HoldOutcome, HoldRequest, HoldResult
 from aggregator.holds import release_hold, reserve_hold
 from api.auth import IdemKey, Services, UsageWriter, Writer, member_of, wallet_of
-from api.idempotency import derived_id, run_idempotent
+from api.idempotency import Action, derived_id, run_idempotent
 from api.keys import Principal, Scope
 from api.services import ApiServices
 from api.usage_models import (
@@ -97,6 +97,16 @@ async def consume(
     services: Services,
     key: IdemKey,
 ) -> Response:
+    wallet_id, action = consume_action(services, principal, body, key)
+    return await run_idempotent(request, wallet_id, key, action)
+
+
+def consume_action(
+    services: ApiServices, principal: Principal, body: ConsumeRequest, key: str
+) -> tuple[str, Action]:
+    """The idempotency scope (the wallet) and the action of one consume, for the route above
+    and for the fast lane (:mod:`api.fast_lane`). Raises ``Forbidden`` at once for a member the
+    key may not spend for."""
     wallet_id = wallet_of(principal)
     member_id = _member(principal, body.member_id)
     event_id = body.event_id or derived_id("evt", wallet_id, key)
@@ -113,7 +123,7 @@ async def consume(
         )
         return 200, _consume_out(wallet_id, event_id, await services.consumer.consume(event))
 
-    return await run_idempotent(request, wallet_id, key, action)
+    return wallet_id, action
 
 
 @router.post(
