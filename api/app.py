@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from api.errors import install_error_handlers
 from api.fast_lane import ConsumeFastLane, LaneCounters
@@ -60,7 +61,7 @@ def create_app(config: ApiConfig, *, clock: Clock | None = None) -> FastAPI:
                 await start(services)
             yield
 
-    app = FastAPI(
+    app = CreditsApi(
         title="CommDesk Credits API",
         version="1.0.0",
         description=(
@@ -74,10 +75,22 @@ def create_app(config: ApiConfig, *, clock: Clock | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.state.fast_lane = LaneCounters()
-    if config.fast_lane:
-        app.add_middleware(
-            ConsumeFastLane,
-            services=lambda: app.state.services,
-            counters=app.state.fast_lane,
-        )
+    app.fast_lane = config.fast_lane
     return app
+
+
+class CreditsApi(FastAPI):
+    """The app, with the consume fast lane (:mod:`api.fast_lane`) outside every middleware
+    when ``fast_lane`` is set: a consume pays for none of them. The lane answers its own
+    errors the way the app's handlers would (problem details, 503 for a saturated dependency,
+    500 with an incident id for a bug)."""
+
+    fast_lane: bool = False
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if not self.fast_lane:
+            return stack
+        return ConsumeFastLane(
+            stack, services=lambda: self.state.services, counters=self.state.fast_lane
+        )

@@ -202,16 +202,21 @@ async def _on_overload(request: Request, exc: Exception) -> JSONResponse:
     return overload_problem(request.method, request.url.path, exc)
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+def unexpected_problem(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """The 500 for a bug: the body names only an incident id, logged with the traceback."""
     incident = uuid.uuid4().hex
-    log.exception("unhandled error %s on %s %s", incident, request.method, request.url.path)
+    log.error("unhandled error %s on %s %s", incident, method, path, exc_info=exc)
     return problem(
         500,
         "internal_error",
         f"unexpected error; reference {incident}",
-        instance=request.url.path,
+        instance=path,
         extra={"incident_id": incident},
     )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    return unexpected_problem(request.method, request.url.path, exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,7 +5,8 @@ framework around it — the middleware stack, routing over every route, dependen
 (bearer scheme, key, scope, services, idempotency header), the request object — cost about a
 third of the CPU of a consume, more than the authorisation itself.
 
-What: :class:`ConsumeFastLane` is an ASGI middleware in front of the routes. It recognises
+What: :class:`ConsumeFastLane` wraps the app's whole middleware stack (see
+:func:`api.app.create_app`), so a consume skips even the outer layers. It recognises
 exactly ``POST /wallet/consume`` and serves it with the building blocks the FastAPI route
 uses — the same key authentication (:meth:`api.keys.ApiKeys.authenticate`), scope check
 (:func:`api.auth.admit`), body model (:class:`api.usage_models.ConsumeRequest`), idempotency
@@ -32,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as Asgi
 
 from api.auth import admit, bearer_token
-from api.errors import OVERLOAD_ERRORS, overload_problem, problem_for
+from api.errors import OVERLOAD_ERRORS, overload_problem, problem_for, unexpected_problem
 from api.idempotency import HEADER, execute_once, require_key
 from api.keys import Principal, Scope
 from api.routers.spend import consume_action
@@ -44,6 +45,8 @@ PATH: Final = "/wallet/consume"
 MAX_BODY_BYTES: Final = 64 * 1024
 """Larger consume bodies (big metadata) are handed on to the FastAPI route."""
 _IDEMPOTENCY_HEADER: Final = HEADER.lower().encode()
+_HANDED_ON: Final[tuple[type[Exception], ...]] = (ValidationError, CreditsError, *OVERLOAD_ERRORS)
+"""Failures while admitting a request that the FastAPI route answers instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,10 @@ class ConsumeFastLane:
             await self.app(scope, _replay(body, receive), send)
             return
         self.counters.served += 1
-        response = await _serve(services, admitted, body)
+        try:
+            response = await _serve(services, admitted, body)
+        except Exception as exc:  # a bug: answered like the app's own handler would
+            response = unexpected_problem("POST", PATH, exc)
         await response(scope, receive, send)
 
 
@@ -156,8 +162,8 @@ async def _admit(services: ApiServices, scope: Asgi, body: bytes) -> _Admitted |
         request = ConsumeRequest.model_validate_json(body)
         principal = admit(await services.keys.authenticate(token), Scope.WALLET_WRITE)
         key = require_key(_header(scope, _IDEMPOTENCY_HEADER))
-    except (ValidationError, CreditsError):
-        return None
+    except _HANDED_ON:
+        return None  # a refusal, or the key store is unavailable: the route answers (503)
     return _Admitted(principal, key, request)
 
 

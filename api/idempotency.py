@@ -27,12 +27,13 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from api.errors import problem_for
 from domain.errors import (
@@ -78,6 +79,11 @@ class Stored:
     status: int
     body: Any
     media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+    """The response headers a client acts on (``Retry-After``, ``WWW-Authenticate``)."""
+
+
+_KEPT_HEADERS = ("retry-after", "www-authenticate")
 
 
 def _retryable(status: int, body: Any) -> bool:
@@ -103,26 +109,25 @@ class IdempotencyStore:
         action: Callable[[], Awaitable[tuple[int, Any]]],
     ) -> Response:
         rkey = self._redis_key(scope, key)
-        claim = json.dumps({"state": "in_progress", "fp": fingerprint})
+        claim = to_json({"state": "in_progress", "fp": fingerprint})
         if not await self._client.set(rkey, claim, nx=True, ex=LOCK_TTL_S):
             return await self._existing(rkey, fingerprint, instance)
         try:
             status, body = await action()
-            media_type = "application/json"
+            stored = Stored(status, body, "application/json")
         except CreditsError as exc:
-            failure = problem_for(exc, instance)
-            status, body = failure.status_code, json.loads(bytes(failure.body))
-            media_type = failure.media_type or "application/problem+json"
+            stored = _problem(exc, instance)
         except BaseException:
             await self._client.delete(rkey)
             raise
-        if _retryable(status, body):
+        if _retryable(stored.status, stored.body):
             await self._client.delete(rkey)
         else:
-            record = {"state": "done", "fp": fingerprint, "status": status, "body": body,
-                      "media_type": media_type}  # fmt: skip
-            await self._client.set(rkey, json.dumps(record), ex=RECORD_TTL_S)
-        return _response(Stored(status, body, media_type), replayed=False)
+            record = {"state": "done", "fp": fingerprint, "status": stored.status,
+                      "body": stored.body, "media_type": stored.media_type,
+                      "headers": stored.headers}  # fmt: skip
+            await self._client.set(rkey, to_json(record), ex=RECORD_TTL_S)
+        return _response(stored, replayed=False)
 
     async def _existing(self, rkey: str, fingerprint: str, instance: str) -> Response:
         loop = asyncio.get_running_loop()
@@ -142,7 +147,12 @@ class IdempotencyStore:
                     "use a new key for a new request"
                 )
             if record["state"] == "done":
-                stored = Stored(record["status"], record["body"], record["media_type"])
+                stored = Stored(
+                    record["status"],
+                    record["body"],
+                    record["media_type"],
+                    record.get("headers", {}),  # records written before headers were kept
+                )
                 return _response(stored, replayed=True)
             if loop.time() >= deadline:
                 raise IdempotencyInProgress(
@@ -151,12 +161,25 @@ class IdempotencyStore:
             await asyncio.sleep(_POLL_S)
 
 
+def _problem(exc: CreditsError, instance: str) -> Stored:
+    """The problem-details answer to ``exc``, as a response to store and replay."""
+    failure = problem_for(exc, instance)
+    headers = {k: v for k, v in failure.headers.items() if k.lower() in _KEPT_HEADERS}
+    media_type = failure.media_type or "application/problem+json"
+    return Stored(failure.status_code, json.loads(bytes(failure.body)), media_type, headers)
+
+
 def _response(stored: Stored, *, replayed: bool) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    headers = dict(stored.headers)
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     if stored.status == 204:
         return Response(status_code=204, headers=headers)
-    return JSONResponse(
-        stored.body, status_code=stored.status, media_type=stored.media_type, headers=headers
+    return Response(
+        to_json(stored.body),  # compact JSON, like JSONResponse, serialised in C
+        status_code=stored.status,
+        media_type=stored.media_type,
+        headers=headers,
     )
 
 

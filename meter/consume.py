@@ -105,6 +105,9 @@ class DecisionProducer(UsageProducer):
         """Send every message (per topic in order, topics concurrently); return once every one
         is acknowledged (acks=all). Raises :class:`PublishFailed` naming the refs not acked;
         some of the others may have been written (consumers deduplicate)."""
+        if len({m.topic for m in messages}) == 1:  # the usual case (one usage message)
+            keyed = [(m.key, m.value) for m in messages]
+            return await self._publish(messages[0].topic, keyed, [m.ref for m in messages])
         by_topic: dict[str, list[Outbound]] = defaultdict(list)
         for message in messages:
             by_topic[message.topic].append(message)

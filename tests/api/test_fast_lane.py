@@ -15,11 +15,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import pytest_asyncio
 
+from api import fast_lane
 from api.app import create_app
 from api.fast_lane import LaneCounters
+from api.keys import Principal
 from tests.api.conftest import ApiHarness, Tenant, serve
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.kafka]
@@ -238,3 +241,40 @@ async def test_the_lane_leaves_the_schema_and_other_routes_alone(
     assert (await api.client.get("/wallet", headers=tenant.headers)).status_code == 200
     await api.client.post("/wallet/consume/", headers=tenant.headers)
     assert (counters.served, counters.handed_on) == before
+
+
+async def test_a_dependency_down_while_admitting_is_the_routes_503(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = await api.tenant(credits=100)
+
+    async def database_down(token: str | None) -> Principal:
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(api.services.keys, "authenticate", database_down)
+    counters: LaneCounters = api.app.state.fast_lane
+    handed_on = counters.handed_on
+    answer = await _post(api.client, {"feature": "ai.summary"}, tenant.headers)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["code"] == "unavailable"
+    assert answer.headers["Retry-After"] == "1"
+    assert counters.handed_on == handed_on + 1
+
+
+async def test_a_bug_in_the_lane_is_a_500_naming_only_an_incident(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = await api.tenant(credits=100)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(fast_lane, "consume_action", broken)
+    answer = await _post(api.client, {"feature": "ai.summary"}, tenant.headers)
+    assert answer.status_code == 500
+    body = answer.json()
+    assert body["code"] == "internal_error"
+    assert "secret" not in answer.text
+    assert body["incident_id"] in body["detail"]
+    wallet = await api.client.get("/wallet", headers=tenant.headers)
+    assert wallet.json()["balances"]["available"] == 100  # nothing was charged

@@ -202,3 +202,20 @@ async def test_usage_events_batch_is_all_or_nothing(api: ApiHarness) -> None:
     )  # fmt: skip
     assert bad.status_code == 422
     assert bad.json()["errors"][0]["index"] == 1
+
+
+async def test_a_rate_limited_consume_is_a_429_with_retry_after(api: ApiHarness) -> None:
+    """AI requests are limited per second (caps.toml); the refusal tells when to retry, and the
+    retry-after header survives the idempotency record (a 429 is not stored: a retry runs)."""
+    tenant = await api.tenant(credits=10_000)
+    answers = await asyncio.gather(
+        *(api.post("/wallet/consume", {"feature": "ai.summary"}, headers=tenant.headers)
+          for _ in range(12))
+    )  # fmt: skip
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited, [a.status_code for a in answers]
+    assert {a.status_code for a in answers} <= {200, 429}
+    for answer in limited:
+        assert answer.json()["code"] == "rate_limited"
+        assert int(answer.headers["Retry-After"]) >= 1
+        assert answer.headers["content-type"].startswith("application/problem+json")
