@@ -70,6 +70,9 @@ def create_app(config: ApiConfig, *, clock: Clock | None = None) -> FastAPI:
             "`Idempotency-Key` header; errors are problem-details bodies with a stable `code`."
         ),
         lifespan=lifespan,
+        # No OpenTelemetry providers are configured (metrics are Prometheus, stack/metrics.py);
+        # FastAPI would still check for them on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     for router in ROUTERS:
