@@ -56,6 +56,7 @@ import psutil
 from meter.topics import TopicNames
 from settlement.ledger.scratch import scratch_database
 from stack.api_process import start_api_process, wait_until_healthy
+from stack.bench_keys import drop_key_space
 from stack.load_gen import LoadResult, Request, run_load, run_saturation
 from stack.ports import free_port
 from stack.tansu import TansuBroker
@@ -216,12 +217,15 @@ async def run_api_bench(plan: ApiBenchPlan) -> dict[str, Any]:
                 for n, each in enumerate(procs):
                     each.wait(timeout=30)
                     _report_server_errors(log.with_name(f"api{n}.log"))
+                keys_dropped = await drop_key_space(plan.redis_url, env["CREDITS_KEY_PREFIX"])
     trivial, consume = phases.trivial.result, phases.consume.result
     trivial_max, consume_max = phases.trivial_max.result, phases.consume_max.result
     statuses = Counter(sample.status for sample in consume.samples)
     max_statuses = Counter(sample.status for sample in consume_max.samples)
     return {
         "offered_rps": plan.rate,
+        "redis_key_prefix": f"bench{run_id}",
+        "redis_keys_dropped": keys_dropped,
         "api_processes": plan.api_processes,
         "seconds": plan.seconds,
         **_figures(consume),

@@ -45,6 +45,7 @@ from meter.schema import UsageEvent, encode, make_usage_event
 from meter.topics import TopicNames, wallet_key
 from settlement.ledger.scratch import scratch_database
 from settlement.usage_sink.factory import open_usage_store
+from stack.bench_keys import drop_key_space
 from stack.kafka_ceiling import kafka_ceiling
 from stack.ledger_funding import fund_wallets
 from stack.role_process import read_ready_file
@@ -165,13 +166,16 @@ async def run(plan: BenchPlan) -> dict[str, Any]:
                     plan.partitions,
                 )
                 env = _worker_env(broker.bootstrap, db_url, plan.redis_url, data)
-                batched = await _side(
-                    env, data, "batched", plan.events, plan.wallets, 0,
-                    paced=(plan.lag_events, plan.lag_rate),
-                )  # fmt: skip
-                per_message = await _side(
-                    env, data, "single", plan.per_message_events, plan.wallets, 1
-                )
+                try:
+                    batched = await _side(
+                        env, data, "batched", plan.events, plan.wallets, 0,
+                        paced=(plan.lag_events, plan.lag_rate),
+                    )  # fmt: skip
+                    per_message = await _side(
+                        env, data, "single", plan.per_message_events, plan.wallets, 1
+                    )
+                finally:
+                    await drop_key_space(plan.redis_url, env["CREDITS_KEY_PREFIX"])
                 counts = await _ledger_counts(db_url)
                 burst_p50, burst_p99 = await _lag_ms(db_url, "batched-")
                 lag_p50, lag_p99 = await _lag_ms(db_url, "paced-")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.asyncio import Redis
 
 from stack.api_bench import ApiBenchPlan, run_api_bench
 from stack.load_gen import Request, run_saturation
@@ -63,6 +64,12 @@ async def test_small_bench_reports_saturation_throughput_and_balances_agree() ->
     assert sum(result["consume_max_statuses"].values()) > 0
     assert result["consume_max_p99_ms"] > 0
     assert result["trivial_max_p99_ms"] > 0
+    # The run's Redis keys (mirror, decisions, idempotency records) are gone afterwards.
+    assert result["redis_keys_dropped"] > 0
+    client = Redis.from_url(REDIS_URL)
+    left = [k async for k in client.scan_iter(match=f"{result['redis_key_prefix']}:*")]
+    await client.aclose()
+    assert left == []
 
 
 async def test_run_saturation_uses_each_index_once_and_every_answer_is_a_sample() -> None:
