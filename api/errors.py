@@ -13,6 +13,7 @@ import logging
 import math
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -96,16 +97,15 @@ def _jsonable(value: object) -> object:
     return str(value)
 
 
-def problem(
+def problem_body(
     status: int,
     code: str,
     detail: str,
     *,
     instance: str | None = None,
     extra: Mapping[str, object] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    """One problem-details response. ``extra`` members sit beside the standard ones."""
+) -> dict[str, Any]:
+    """A problem-details body. ``extra`` members sit beside the standard ones."""
     body: dict[str, Any] = {
         "type": TYPE_BASE + code,
         "title": _STATUS_TITLES.get(status, "Error"),
@@ -118,6 +118,20 @@ def problem(
     for key, value in (extra or {}).items():
         if key not in body:
             body[key] = _jsonable(value)
+    return body
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    extra: Mapping[str, object] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """One problem-details response (:func:`problem_body`)."""
+    body = problem_body(status, code, detail, instance=instance, extra=extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -130,13 +144,28 @@ def retry_after_header(details: Mapping[str, object], status: int) -> dict[str, 
     return {}
 
 
-def problem_for(exc: CreditsError, instance: str | None = None) -> JSONResponse:
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """The answer to a domain error, before it is a response (the idempotency record keeps it)."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]  # Retry-After, WWW-Authenticate
+
+
+def problem_of(exc: CreditsError, instance: str | None = None) -> Problem:
     status = status_of(exc)
     headers = retry_after_header(exc.details, status)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="commdesk-credits"'
-    return problem(
-        status, exc.code, exc.message, instance=instance, extra=exc.details, headers=headers
+    body = problem_body(status, exc.code, exc.message, instance=instance, extra=exc.details)
+    return Problem(status, body, headers)
+
+
+def problem_for(exc: CreditsError, instance: str | None = None) -> JSONResponse:
+    found = problem_of(exc, instance)
+    return JSONResponse(
+        found.body, status_code=found.status, media_type=PROBLEM_JSON, headers=found.headers
     )
 
 

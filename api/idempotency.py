@@ -35,7 +35,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from api.errors import problem_for
+from api.errors import PROBLEM_JSON, problem_of
 from domain.errors import (
     CreditsError,
     IdempotencyConflict,
@@ -81,9 +81,6 @@ class Stored:
     media_type: str
     headers: dict[str, str] = field(default_factory=dict)
     """The response headers a client acts on (``Retry-After``, ``WWW-Authenticate``)."""
-
-
-_KEPT_HEADERS = ("retry-after", "www-authenticate")
 
 
 def _retryable(status: int, body: Any) -> bool:
@@ -163,10 +160,8 @@ class IdempotencyStore:
 
 def _problem(exc: CreditsError, instance: str) -> Stored:
     """The problem-details answer to ``exc``, as a response to store and replay."""
-    failure = problem_for(exc, instance)
-    headers = {k: v for k, v in failure.headers.items() if k.lower() in _KEPT_HEADERS}
-    media_type = failure.media_type or "application/problem+json"
-    return Stored(failure.status_code, json.loads(bytes(failure.body)), media_type, headers)
+    found = problem_of(exc, instance)
+    return Stored(found.status, found.body, PROBLEM_JSON, found.headers)
 
 
 def _response(stored: Stored, *, replayed: bool) -> Response:

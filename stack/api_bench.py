@@ -56,9 +56,9 @@ import psutil
 from meter.topics import TopicNames
 from settlement.ledger.scratch import scratch_database
 from stack.api_process import start_api_process, wait_until_healthy
-from stack.bench_keys import drop_key_space
 from stack.load_gen import LoadResult, Request, run_load, run_saturation
 from stack.ports import free_port
+from stack.redis_cleanup import drop_key_space
 from stack.tansu import TansuBroker
 
 FEATURE = "api.heavy_query"

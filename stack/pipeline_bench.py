@@ -45,9 +45,9 @@ from meter.schema import UsageEvent, encode, make_usage_event
 from meter.topics import TopicNames, wallet_key
 from settlement.ledger.scratch import scratch_database
 from settlement.usage_sink.factory import open_usage_store
-from stack.bench_keys import drop_key_space
 from stack.kafka_ceiling import kafka_ceiling
 from stack.ledger_funding import fund_wallets
+from stack.redis_cleanup import drop_key_space
 from stack.role_process import read_ready_file
 from stack.tansu import TansuBroker, ensure_topics
 

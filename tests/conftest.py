@@ -14,8 +14,9 @@ from settlement.ledger.operations import Ledger
 from settlement.ledger.scratch import scratch_database
 from settlement.ledger.wallets import Wallets
 from settlement.ledger.writer import Conn
+from stack.redis_cleanup import unlink_key_space
 from tests.pg import ADMIN_URL
-from tests.redis_support import delete_keyspace, new_client, new_keyspace
+from tests.redis_support import new_client, new_keyspace
 
 
 @pytest.fixture(scope="session")
@@ -59,5 +60,5 @@ async def mirror() -> AsyncIterator[WalletStore]:
     client = new_client()
     keys = new_keyspace()
     yield WalletStore.create(client, keys)
-    await delete_keyspace(client, keys)
+    await unlink_key_space(client, keys)
     await client.aclose()

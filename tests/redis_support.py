@@ -18,9 +18,3 @@ def new_client() -> Redis:
 
 def new_keyspace(shards: int = 1) -> KeySpace:
     return KeySpace(prefix=f"t{uuid.uuid4().hex[:12]}", hold_index_shards=shards)
-
-
-async def delete_keyspace(client: Redis, keys: KeySpace) -> None:
-    doomed = [key async for key in client.scan_iter(match=keys.all_keys_pattern(), count=1000)]
-    for start in range(0, len(doomed), 500):
-        await client.delete(*doomed[start : start + 500])

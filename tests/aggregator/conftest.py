@@ -12,7 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from aggregator.wallet_store import WalletStore
-from tests.redis_support import delete_keyspace, new_client, new_keyspace
+from stack.redis_cleanup import unlink_key_space
+from tests.redis_support import new_client, new_keyspace
 
 
 @pytest.fixture
@@ -26,4 +27,4 @@ async def redis_client() -> AsyncIterator[Redis]:
 async def store(redis_client: Redis) -> AsyncIterator[WalletStore]:
     keys = new_keyspace()
     yield WalletStore.create(redis_client, keys)
-    await delete_keyspace(redis_client, keys)
+    await unlink_key_space(redis_client, keys)

@@ -22,8 +22,9 @@ from aggregator.decision import AuthRequest, Decision, Outcome
 from aggregator.redis_client import connect, run_scripts
 from aggregator.wallet_store import WalletStore
 from domain.errors import IdempotencyConflict
+from stack.redis_cleanup import unlink_key_space
 from tests.aggregator.support import audit, load, request
-from tests.redis_support import REDIS_URL, delete_keyspace, new_keyspace
+from tests.redis_support import REDIS_URL, new_keyspace
 
 pytestmark = pytest.mark.redis
 
@@ -34,7 +35,7 @@ async def twin() -> AsyncIterator[WalletStore]:
     client = connect(REDIS_URL, Redis)
     keys = new_keyspace()
     yield WalletStore.create(client, keys)
-    await delete_keyspace(client, keys)
+    await unlink_key_space(client, keys)
     await client.aclose()
 
 

@@ -10,8 +10,8 @@ from aggregator.decision import Outcome
 from aggregator.mirror import LoadOutcome, load_wallet
 from aggregator.wallet_store import WalletStore
 from domain.errors import InvalidAmount
+from stack.redis_cleanup import unlink_key_space
 from tests.aggregator.support import audit, load, request
-from tests.redis_support import delete_keyspace
 
 pytestmark = pytest.mark.redis
 
@@ -22,7 +22,7 @@ async def _authorised_then_flushed(store: WalletStore, *events: tuple[str, int])
     for event_id, credits in events:
         assert (await authorize(store, request(event_id, credits))).authorized
     assert isinstance(store.client, Redis)
-    await delete_keyspace(store.client, store.keys)
+    await unlink_key_space(store.client, store.keys)
 
 
 async def test_an_event_lost_with_the_mirror_is_debited_once_when_it_posts(

@@ -24,8 +24,9 @@ from aggregator.holds import capture_hold, release_hold, reserve_hold
 from aggregator.mirror import credit
 from aggregator.policy import Tier
 from aggregator.wallet_store import WalletStore
+from stack.redis_cleanup import unlink_key_space
 from tests.aggregator.support import NOW_MS, audit, load, request
-from tests.redis_support import delete_keyspace, new_client, new_keyspace
+from tests.redis_support import new_client, new_keyspace
 
 T = TypeVar("T")
 CREDITS = st.integers(min_value=0, max_value=40)
@@ -59,7 +60,7 @@ class MirrorMachine(RuleBasedStateMachine):
         return f"{kind}{self.serial}"
 
     def teardown(self) -> None:
-        self.run(delete_keyspace(self.client, self.store.keys))
+        self.run(unlink_key_space(self.client, self.store.keys))
         self.run(self.client.aclose())
         self.loop.close()
 

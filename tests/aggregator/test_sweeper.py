@@ -12,8 +12,9 @@ from aggregator.hold_types import HoldOutcome, HoldRequest, HoldState
 from aggregator.holds import capture_hold, release_hold, reserve_hold
 from aggregator.redis_keys import hold_index_member
 from aggregator.wallet_store import WalletStore
+from stack.redis_cleanup import unlink_key_space
 from tests.aggregator.support import NOW_MS, audit, load
-from tests.redis_support import delete_keyspace, new_keyspace
+from tests.redis_support import new_keyspace
 
 pytestmark = pytest.mark.redis
 
@@ -115,4 +116,4 @@ async def test_sharded_index_and_concurrent_sweepers_expire_each_hold_once(
             assert (state.mirror.available, state.mirror.reserved) == (100 - charged, charged)
         assert all([await redis_client.zcard(k) == 0 for k in keys.hold_index_keys()])
     finally:
-        await delete_keyspace(redis_client, keys)
+        await unlink_key_space(redis_client, keys)

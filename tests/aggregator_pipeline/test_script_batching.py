@@ -18,8 +18,9 @@ from aggregator.policy import Tier
 from aggregator.redis_keys import KeySpace
 from aggregator.wallet_store import WalletStore
 from aggregator.worker import ScriptBatchingRedis
+from stack.redis_cleanup import unlink_key_space
 from stack.tansu import free_port
-from tests.redis_support import REDIS_URL, delete_keyspace, new_keyspace
+from tests.redis_support import REDIS_URL, new_keyspace
 
 pytestmark = pytest.mark.redis
 
@@ -42,7 +43,7 @@ async def batching() -> AsyncIterator[tuple[CountingBatches, WalletStore]]:
     assert isinstance(client, CountingBatches)
     keys = new_keyspace()
     yield client, WalletStore.create(client, keys)
-    await delete_keyspace(client, keys)
+    await unlink_key_space(client, keys)
     await client.aclose()
 
 

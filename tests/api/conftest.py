@@ -28,9 +28,10 @@ from api.services import ApiConfig, ApiServices
 from meter.topics import TopicNames
 from settlement.usage_sink import UsageStore, open_usage_store
 from settlement.usage_sink.query_service import UsageQueryService
+from stack.redis_cleanup import unlink_key_space
 from stack.tansu import TansuBroker
 from tests.meter import conftest as meter_fixtures
-from tests.redis_support import REDIS_URL, delete_keyspace, new_client
+from tests.redis_support import REDIS_URL, new_client
 
 tansu = meter_fixtures.tansu
 topics = meter_fixtures.topics
@@ -182,5 +183,5 @@ async def api(
     server.should_exit = True
     await task
     redis = new_client()
-    await delete_keyspace(redis, KeySpace(prefix))
+    await unlink_key_space(redis, KeySpace(prefix))
     await redis.aclose()

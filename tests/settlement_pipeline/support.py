@@ -23,7 +23,7 @@ from meter.topics import wallet_key
 from settlement.ledger.operations import Ledger
 from settlement.ledger.wallets import Wallets
 from settlement.ledger.writer import Conn
-from tests.redis_support import delete_keyspace
+from stack.redis_cleanup import unlink_key_space
 
 NOW = datetime(2026, 3, 14, 10, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -154,4 +154,4 @@ async def assert_mirror_never_promises_more(
 async def flush_mirror(store: WalletStore) -> None:
     """Lose every key of the mirror, as a Redis FLUSHALL would (this test's key space only)."""
     assert isinstance(store.client, Redis)
-    await delete_keyspace(store.client, store.keys)
+    await unlink_key_space(store.client, store.keys)
