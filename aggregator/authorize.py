@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from aggregator.claim import ClaimHeld, RequestClaim
 from aggregator.decision import AuthRequest, Decision, decision_from_reply
 from aggregator.policy import MAX_CREDITS, admission_args, admission_keys, ledger_version_arg
 from aggregator.redis_client import ScriptCall, run_scripts
@@ -24,8 +25,13 @@ from aggregator.wallet_store import WalletStore
 from domain.errors import IdempotencyConflict
 from domain.money import require_int
 
+CLAIMED = "claimed"
+"""authorize.lua's whole reply when the request's idempotency record already exists."""
 
-async def authorize(store: WalletStore, request: AuthRequest) -> Decision:
+
+async def authorize(
+    store: WalletStore, request: AuthRequest, claim: RequestClaim | None = None
+) -> Decision:
     """Authorise one operation atomically (idempotency, caps, rate limits, balance).
 
     On ``AUTHORIZED``: available -= credits, reserved += credits, the event is in flight, its
@@ -36,9 +42,21 @@ async def authorize(store: WalletStore, request: AuthRequest) -> Decision:
     Free operations (0 credits) pass a premium pause and an empty wallet, not a freeze, a cap
     or a rate limit. Raises ``IdempotencyConflict`` if the event id was already used for a
     different amount or member.
+
+    With a ``claim`` (:mod:`aggregator.claim`), the script first sets the request's idempotency
+    record, atomically with the decision, and marks it ``taken``; if the record already exists
+    it decides nothing and :class:`~aggregator.claim.ClaimHeld` is raised.
     """
     script, keys, args = _authorize_call(store, request)
-    return decision_from_reply(request, as_list(await store.run_script(script, keys, args)))
+    if claim is not None:
+        keys = [*keys, claim.key]
+        args = [*args, claim.record, claim.ttl_ms]
+    reply = as_list(await store.run_script(script, keys, args))
+    if claim is not None:
+        if text(reply[0]) == CLAIMED:
+            raise ClaimHeld(claim.key)
+        claim.taken = integer(reply[9]) == 1
+    return decision_from_reply(request, reply)
 
 
 async def authorize_many(

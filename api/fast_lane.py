@@ -10,8 +10,9 @@ What: :class:`ConsumeFastLane` wraps the app's whole middleware stack (see
 exactly ``POST /wallet/consume`` and serves it with the building blocks the FastAPI route
 uses — the same key authentication (:meth:`api.keys.ApiKeys.authenticate`), scope check
 (:func:`api.auth.admit`), body model (:class:`api.usage_models.ConsumeRequest`), idempotency
-record (:func:`api.idempotency.execute_once`) and action (:func:`api.routers.spend.consume_action`)
-— so a consume means one thing whichever path serves it.
+record (:func:`api.idempotency.execute_claiming`) and action
+(:func:`api.routers.spend.consume_action`) — so a consume means one thing whichever path
+serves it.
 
 It serves only requests it fully understands: a JSON body the model accepts, a valid key with
 the ``wallet:write`` scope and a well-formed ``Idempotency-Key``. Anything else (no or bad key,
@@ -34,7 +35,7 @@ from starlette.types import Scope as Asgi
 
 from api.auth import admit, bearer_token
 from api.errors import OVERLOAD_ERRORS, overload_problem, problem_for, unexpected_problem
-from api.idempotency import HEADER, execute_once, require_key
+from api.idempotency import HEADER, execute_claiming, require_key
 from api.keys import Principal, Scope
 from api.routers.spend import consume_action
 from api.services import ApiServices
@@ -174,7 +175,7 @@ async def _serve(services: ApiServices, admitted: _Admitted, raw: bytes) -> Any:
         wallet_id, action = consume_action(
             services, admitted.principal, admitted.body, admitted.key
         )
-        return await execute_once(
+        return await execute_claiming(
             services.idempotency, "POST", PATH, raw, wallet_id, admitted.key, action
         )
     except CreditsError as exc:

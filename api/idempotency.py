@@ -35,6 +35,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from pydantic_core import to_json
 
+from aggregator.claim import ClaimHeld, RequestClaim
 from api.errors import PROBLEM_JSON, problem_of
 from domain.errors import (
     CreditsError,
@@ -93,8 +94,10 @@ class IdempotencyStore:
         self._client = client
         self._prefix = prefix
 
-    def _redis_key(self, scope: str, key: str) -> str:
-        return f"{self._prefix}:idem:{scope}:{hashlib.sha256(key.encode()).hexdigest()}"
+    def record_key(self, scope: str, key: str) -> str:
+        # The scope (a wallet id, or the admin's) is the key's hash tag: the record shares the
+        # wallet's slot, so the consume path's authorisation script can take it (aggregator.claim).
+        return f"{self._prefix}:idem:{{{scope}}}:{hashlib.sha256(key.encode()).hexdigest()}"
 
     async def execute(
         self,
@@ -105,25 +108,61 @@ class IdempotencyStore:
         instance: str,
         action: Callable[[], Awaitable[tuple[int, Any]]],
     ) -> Response:
-        rkey = self._redis_key(scope, key)
-        claim = to_json({"state": "in_progress", "fp": fingerprint})
-        if not await self._client.set(rkey, claim, nx=True, ex=LOCK_TTL_S):
-            return await self._existing(rkey, fingerprint, instance)
+        """Claim the key (``SET NX``), then run ``action`` once; see the module docstring."""
+
+        async def claim_then_act(claim: RequestClaim) -> tuple[int, Any]:
+            if not await self._client.set(claim.key, claim.record, nx=True, ex=LOCK_TTL_S):
+                raise ClaimHeld(claim.key)
+            claim.taken = True
+            return await action()
+
+        return await self.execute_claiming(
+            scope=scope, key=key, fingerprint=fingerprint, instance=instance,
+            action=claim_then_act,
+        )  # fmt: skip
+
+    async def execute_claiming(
+        self,
+        *,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        instance: str,
+        action: Callable[[RequestClaim], Awaitable[tuple[int, Any]]],
+    ) -> Response:
+        """:meth:`execute` for an ``action`` that takes the claim itself, atomically with its
+        work (consume: in the authorisation script), and raises ``ClaimHeld`` if it exists.
+
+        An action that fails before taking the claim (an invalid body, an unknown wallet) is
+        answered as if it had claimed first: a final answer is recorded only if nobody holds
+        the key (``SET NX``), otherwise the holder's record answers, as it would have.
+        """
+        rkey = self.record_key(scope, key)
+        claim = RequestClaim(
+            rkey, to_json({"state": "in_progress", "fp": fingerprint}).decode(), LOCK_TTL_S * 1000
+        )
         try:
-            status, body = await action()
+            status, body = await action(claim)
             stored = Stored(status, body, "application/json")
+        except ClaimHeld:
+            return await self._existing(rkey, fingerprint, instance)
         except CreditsError as exc:
             stored = _problem(exc, instance)
         except BaseException:
-            await self._client.delete(rkey)
+            if claim.taken:
+                await self._client.delete(rkey)
             raise
         if _retryable(stored.status, stored.body):
-            await self._client.delete(rkey)
-        else:
-            record = {"state": "done", "fp": fingerprint, "status": stored.status,
-                      "body": stored.body, "media_type": stored.media_type,
-                      "headers": stored.headers}  # fmt: skip
+            if claim.taken:
+                await self._client.delete(rkey)
+            return _response(stored, replayed=False)
+        record = {"state": "done", "fp": fingerprint, "status": stored.status,
+                  "body": stored.body, "media_type": stored.media_type,
+                  "headers": stored.headers}  # fmt: skip
+        if claim.taken:
             await self._client.set(rkey, to_json(record), ex=RECORD_TTL_S)
+        elif not await self._client.set(rkey, to_json(record), nx=True, ex=RECORD_TTL_S):
+            return await self._existing(rkey, fingerprint, instance)
         return _response(stored, replayed=False)
 
     async def _existing(self, rkey: str, fingerprint: str, instance: str) -> Response:
@@ -178,35 +217,58 @@ def _response(stored: Stored, *, replayed: bool) -> Response:
     )
 
 
-Action = Callable[[], Awaitable[tuple[int, BaseModel | dict[str, Any]]]]
+Body = BaseModel | dict[str, Any]
+Action = Callable[[], Awaitable[tuple[int, Body]]]
 """What a mutating route does once per key: its status and body (a model or a JSON dict)."""
+ClaimingAction = Callable[[RequestClaim], Awaitable[tuple[int, Body]]]
+"""An :data:`Action` that takes the key's claim itself, atomically with its work (consume)."""
+
+
+def _json(body: Body) -> Any:
+    return body.model_dump(mode="json") if isinstance(body, BaseModel) else body
 
 
 async def run_idempotent(request: Request, scope: str, key: str, action: Action) -> Response:
     """Execute ``action`` once per (scope, key); see the module docstring."""
     store: IdempotencyStore = request.app.state.services.idempotency
-    return await execute_once(
+
+    async def run() -> tuple[int, Any]:
+        status, body = await action()
+        return status, _json(body)
+
+    return await store.execute(
+        scope=scope,
+        key=key,
+        fingerprint=fingerprint(request.method, request.url.path, await request.body()),
+        instance=request.url.path,
+        action=run,
+    )
+
+
+async def run_claiming(request: Request, scope: str, key: str, action: ClaimingAction) -> Response:
+    """:func:`run_idempotent` for an action that takes the claim itself (consume)."""
+    store: IdempotencyStore = request.app.state.services.idempotency
+    return await execute_claiming(
         store, request.method, request.url.path, await request.body(), scope, key, action
     )
 
 
-async def execute_once(
+async def execute_claiming(
     store: IdempotencyStore,
     method: str,
     path: str,
     body: bytes,
     scope: str,
     key: str,
-    action: Action,
+    action: ClaimingAction,
 ) -> Response:
-    """:func:`run_idempotent` for a caller that holds the raw request (the consume fast lane)."""
+    """:func:`run_claiming` for a caller that holds the raw request (the consume fast lane)."""
 
-    async def run() -> tuple[int, Any]:
-        status, model = await action()
-        dumped = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
-        return status, dumped
+    async def run(claim: RequestClaim) -> tuple[int, Any]:
+        status, out = await action(claim)
+        return status, _json(out)
 
-    return await store.execute(
+    return await store.execute_claiming(
         scope=scope,
         key=key,
         fingerprint=fingerprint(method, path, body),

@@ -51,6 +51,7 @@ from aggregator.admission import (
     verdict_of_decision,
 )
 from aggregator.authorize import authorize, authorize_many, release
+from aggregator.claim import RequestClaim
 from aggregator.decision import AuthRequest, Decision, Outcome
 from aggregator.hold_types import HoldOutcome
 from aggregator.holds import capture_hold
@@ -216,12 +217,15 @@ class EventAuthorizer:
         )  # fmt: skip
         self.pricing_version = str(catalogue.version)
 
-    async def decide(self, event: UsageEvent) -> Verdict:
+    async def decide(self, event: UsageEvent, claim: RequestClaim | None = None) -> Verdict:
+        """Decide one event. A ``claim`` is taken by the authorisation script, atomically with
+        the decision (:mod:`aggregator.claim`; raises ``ClaimHeld`` if its record exists); a hold
+        capture does not take it."""
         request = admit(event, self.catalogue, self.caps, self.clock.now())
         try:
             if event.hold_id is not None:
                 return await self._capture(event, request)
-            return verdict_of_decision(event, await self._authorize(request))
+            return verdict_of_decision(event, await self._authorize(request, claim))
         except UnknownWallet as exc:
             return refused(event, VerdictCode.UNKNOWN_WALLET, exc.message, request.credits)
         except IdempotencyConflict as exc:
@@ -345,13 +349,14 @@ class EventAuthorizer:
         assert not verdict.replayed, "a replay's first delivery may already be in the log"
         await release(self.store, verdict.event.wallet_id, mirror_event_id(verdict.event))
 
-    async def _authorize(self, request: AuthRequest) -> Decision:
-        """Authorise; on ``wallet_not_loaded`` load the wallet from the ledger and ask once more."""
-        decision = await authorize(self.store, request)
+    async def _authorize(self, request: AuthRequest, claim: RequestClaim | None = None) -> Decision:
+        """Authorise; on ``wallet_not_loaded`` load the wallet from the ledger and ask once more
+        (a wallet not loaded took no claim, so the second ask takes it)."""
+        decision = await authorize(self.store, request, claim)
         if decision.outcome is not Outcome.WALLET_NOT_LOADED:
             return decision
         await reconcile_wallet(self.pool, self.store, request.wallet_id)
-        decision = await authorize(self.store, request)
+        decision = await authorize(self.store, request, claim)
         if decision.outcome is Outcome.WALLET_NOT_LOADED:
             raise Unavailable(f"wallet {request.wallet_id} is unloaded again right after a load")
         return decision
@@ -413,13 +418,15 @@ class CreditConsumer:
         self._topics = topics or TopicNames()
         self._low_balance_threshold = low_balance_threshold
 
-    async def consume(self, event: UsageEvent) -> ConsumeResult:
+    async def consume(self, event: UsageEvent, claim: RequestClaim | None = None) -> ConsumeResult:
         """Authorise ``event`` and make it durable on ``usage.authorized`` (module docstring).
 
         Raises ``UnknownFeature``/``InvalidInput`` (the caller's bug, never retry),
-        ``PublishFailed`` or ``Unavailable`` (retry with the same ``event_id``).
+        ``PublishFailed`` or ``Unavailable`` (retry with the same ``event_id``). The API passes
+        its request's idempotency ``claim``, taken with the authorisation (``ClaimHeld`` if
+        another request holds it: nothing was decided).
         """
-        verdict = await self._authorizer.decide(event)
+        verdict = await self._authorizer.decide(event, claim)
         at = self._clock.now()
         usage = usage_message(
             verdict, topics=self._topics, pricing_version=self._authorizer.pricing_version, at=at

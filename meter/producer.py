@@ -189,6 +189,8 @@ class UsageProducer:
     ) -> tuple[Delivery, ...]:
         if self._producer is None:
             raise RuntimeError("UsageProducer.start() was not awaited")  # a bug, not an outage
+        if len(messages) == 1:
+            return (await self._publish_one(topic, messages[0], ids[0]),)
         try:
             async with asyncio.timeout(self._tuning.delivery_timeout_s):
                 # send() only enqueues (waiting when the buffer is full); acks come afterwards,
@@ -213,6 +215,21 @@ class UsageProducer:
                 event_ids=[event_id for event_id, _ in errors],
             ) from first
         return tuple(deliveries)
+
+    async def _publish_one(
+        self, topic: str, message: tuple[bytes | None, bytes], message_id: str
+    ) -> Delivery:
+        """:meth:`_publish` of one message (every consume), without the gather."""
+        key, value = message
+        try:
+            async with asyncio.timeout(self._tuning.delivery_timeout_s):
+                pending = await self._producer.send(topic, value, key=key)
+                result = await pending
+        except (KafkaError, TimeoutError) as exc:
+            raise PublishFailed(
+                f"publishing to {topic} failed: {exc!r}", event_ids=[message_id]
+            ) from exc
+        return Delivery(topic, result.partition, result.offset)
 
 
 def _checked_payload(event: UsageEvent) -> bytes:

@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request, Response
 
 from aggregator.admission import VerdictCode, admit, now_ms
+from aggregator.claim import RequestClaim
 from aggregator.hold_types import HoldOutcome, HoldRequest, HoldResult
 from aggregator.holds import release_hold, reserve_hold
 from api.auth import IdemKey, Services, UsageWriter, Writer, member_of, wallet_of
-from api.idempotency import Action, derived_id, run_idempotent
+from api.idempotency import ClaimingAction, derived_id, run_claiming, run_idempotent
 from api.keys import Principal, Scope
 from api.services import ApiServices
 from api.usage_models import (
@@ -98,20 +99,21 @@ async def consume(
     key: IdemKey,
 ) -> Response:
     wallet_id, action = consume_action(services, principal, body, key)
-    return await run_idempotent(request, wallet_id, key, action)
+    return await run_claiming(request, wallet_id, key, action)
 
 
 def consume_action(
     services: ApiServices, principal: Principal, body: ConsumeRequest, key: str
-) -> tuple[str, Action]:
+) -> tuple[str, ClaimingAction]:
     """The idempotency scope (the wallet) and the action of one consume, for the route above
     and for the fast lane (:mod:`api.fast_lane`). Raises ``Forbidden`` at once for a member the
-    key may not spend for."""
+    key may not spend for. The action takes the key's claim in the authorisation script, with
+    the decision (:mod:`aggregator.claim`)."""
     wallet_id = wallet_of(principal)
     member_id = _member(principal, body.member_id)
     event_id = body.event_id or derived_id("evt", wallet_id, key)
 
-    async def action() -> tuple[int, ConsumeOut]:
+    async def action(claim: RequestClaim) -> tuple[int, ConsumeOut]:
         event = _event(
             wallet_id,
             member_id,
@@ -121,7 +123,8 @@ def consume_action(
             occurred_at=services.clock.now(),
             metadata=body.metadata,
         )
-        return 200, _consume_out(wallet_id, event_id, await services.consumer.consume(event))
+        result = await services.consumer.consume(event, claim)
+        return 200, _consume_out(wallet_id, event_id, result)
 
     return wallet_id, action
 

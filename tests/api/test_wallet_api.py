@@ -219,3 +219,43 @@ async def test_a_rate_limited_consume_is_a_429_with_retry_after(api: ApiHarness)
         assert answer.json()["code"] == "rate_limited"
         assert int(answer.headers["Retry-After"]) >= 1
         assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_rate_limited_consume_runs_anew_when_retried_with_its_key(api: ApiHarness) -> None:
+    """The authorisation script gives a rate-limited request's claim back: its retry, with the
+    same key, is decided afresh instead of replaying the 429 (or waiting on a stale claim)."""
+    tenant = await api.tenant(credits=10_000)
+    keys = [uuid.uuid4().hex for _ in range(12)]
+    answers = await asyncio.gather(
+        *(api.post("/wallet/consume", {"feature": "ai.summary"}, headers=tenant.headers, key=key)
+          for key in keys)
+    )  # fmt: skip
+    limited = [key for key, answer in zip(keys, answers, strict=True) if answer.status_code == 429]
+    assert limited, [a.status_code for a in answers]
+    await asyncio.sleep(max(int(a.headers.get("Retry-After", "0")) for a in answers) + 0.1)
+    retry = await api.post(
+        "/wallet/consume", {"feature": "ai.summary"}, headers=tenant.headers, key=limited[0]
+    )
+    assert retry.status_code == 200, retry.text
+    assert "Idempotent-Replayed" not in retry.headers
+
+
+async def test_a_refused_consume_is_replayed_and_its_key_stays_bound(api: ApiHarness) -> None:
+    """A consume refused before its authorisation (an unknown feature) records its answer like
+    any other: the retry replays it, and the key cannot be reused for another request."""
+    tenant = await api.tenant(credits=100)
+    key = uuid.uuid4().hex
+    unknown = {"feature": "no.such"}
+    first = await api.post("/wallet/consume", unknown, headers=tenant.headers, key=key)
+    assert first.status_code == 422
+    again = await api.post("/wallet/consume", unknown, headers=tenant.headers, key=key)
+    assert again.status_code == 422
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    other = await api.post(
+        "/wallet/consume", {"feature": "ai.summary"}, headers=tenant.headers, key=key
+    )
+    assert other.status_code == 409
+    assert other.json()["code"] == "idempotency_conflict"
+    wallet = (await api.client.get("/wallet", headers=tenant.headers)).json()
+    assert wallet["balances"]["available"] == 100
