@@ -25,6 +25,7 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from domain.errors import Unavailable
 from meter.schema import (
@@ -36,6 +37,10 @@ from meter.schema import (
     encode,
 )
 from meter.topics import TopicNames, wallet_key
+
+PARTITION_CACHE_KEYS = 100_000
+"""Keys whose partition is remembered (wallets); the cache starts over when full."""
+_DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
 class PublishFailed(Unavailable):
@@ -98,6 +103,8 @@ class UsageProducer:
         self._topics = topics or TopicNames()
         self._tuning = tuning or ProducerTuning()
         self._clock = clock
+        self._partitions: dict[tuple[str, bytes], tuple[int, int]] = {}
+        """(topic, key) -> (the topic's partition count, the key's partition)."""
 
     async def start(self) -> None:
         """Connect to the brokers. Raises :class:`~domain.errors.Unavailable` if unreachable."""
@@ -223,13 +230,34 @@ class UsageProducer:
         key, value = message
         try:
             async with asyncio.timeout(self._tuning.delivery_timeout_s):
-                pending = await self._producer.send(topic, value, key=key)
+                partition = self._partition_of(topic, key)
+                pending = await self._producer.send(topic, value, key=key, partition=partition)
                 result = await pending
         except (KafkaError, TimeoutError) as exc:
             raise PublishFailed(
                 f"publishing to {topic} failed: {exc!r}", event_ids=[message_id]
             ) from exc
         return Delivery(topic, result.partition, result.offset)
+
+    def _partition_of(self, topic: str, key: bytes | None) -> int | None:
+        """The partition the client's default partitioner gives ``key``, remembered per key
+        while the topic's partition count stays the same (the partitioner hashes the key with
+        a pure-Python murmur2 on every send). ``None`` lets the client choose: no key, a topic
+        whose metadata is not known yet, or a producer passed in (its partitioner may differ)."""
+        if key is None or not self._owns_producer:
+            return None
+        partitions = self._producer.client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        known = self._partitions.get((topic, key))
+        if known is not None and known[0] == len(partitions):
+            return known[1]
+        ordered = sorted(partitions)
+        partition: int = _DEFAULT_PARTITIONER(key, ordered, ordered)
+        if len(self._partitions) >= PARTITION_CACHE_KEYS:
+            self._partitions.clear()
+        self._partitions[(topic, key)] = (len(partitions), partition)
+        return partition
 
 
 def _checked_payload(event: UsageEvent) -> bytes:

@@ -174,3 +174,26 @@ async def test_start_against_no_broker_is_unavailable(tmp_path: Path) -> None:
     await broker.stop()
     with pytest.raises(Unavailable):
         await UsageProducer(bootstrap=bootstrap).start()
+
+
+async def test_one_message_goes_where_the_clients_own_partitioner_puts_it(
+    tansu: TansuBroker, topics: TopicNames
+) -> None:
+    """A single publish passes the partition it remembers for the key; it must be the one the
+    client's default partitioner picks (one wallet's events stay ordered on one partition)."""
+    keyed = [event(n, wallets=40) for n in range(80)]  # every wallet twice: cached the 2nd time
+    reference = AIOKafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all")
+    await reference.start()
+    used: set[int] = set()
+    try:
+        async with UsageProducer(bootstrap=tansu.bootstrap, topics=topics) as producer:
+            for sent in keyed:
+                ours = await producer.record(sent)
+                theirs = await reference.send_and_wait(
+                    topics.usage_events, b"reference", key=sent.wallet_id.encode()
+                )
+                assert ours.partition == theirs.partition, sent.wallet_id
+                used.add(ours.partition)
+    finally:
+        await reference.stop()
+    assert len(used) > 1  # the topic has several partitions, so the check means something
