@@ -61,7 +61,8 @@ def register(subparsers: Any) -> None:
         "--saturation-seconds",
         type=float,
         default=5.0,
-        help="closed-loop (max throughput) phase per endpoint, 0-120 seconds; 0 skips it",
+        help="closed-loop (max throughput) time per endpoint, 0-120 seconds, in alternating "
+        "1 s slices of each; 0 skips it",
     )
     api.add_argument(
         "--saturation-connections",

@@ -13,12 +13,15 @@ through the API. Then, in order:
    realistic load, and CPU per request. Its throughput ratio
    (``consume_vs_trivial_at_offered_rate``) is ~1.0 whenever the server keeps up: the
    generator sends no faster than it offers, so it says nothing about capacity.
-2. **Closed loop, saturation** (``saturation_s`` each, trivial then consume; 0 skips it):
-   ``saturation_connections`` keep-alive connections each send their next request as soon as
-   the previous answer arrives, so the server is never idle and ``achieved_rps`` is the most
-   it answers (``trivial_max_rps``, ``consume_max_rps``; latency counted from send). The
-   throughput target — consume at least half the trivial endpoint's — is a statement about
-   capacity, so ``consume_vs_trivial`` is ``consume_max_rps / trivial_max_rps``.
+2. **Closed loop, saturation** (``saturation_s`` each, in alternating one-second slices —
+   trivial, consume, trivial, consume... — so both endpoints see the same machine; 0 skips
+   it): ``saturation_connections`` keep-alive connections each send their next request as
+   soon as the previous answer arrives, so the server is never idle and ``achieved_rps`` is
+   the most it answers (``trivial_max_rps``, ``consume_max_rps``; latency counted from send).
+   The throughput target — consume at least half the trivial endpoint's — is a statement
+   about capacity, so ``consume_vs_trivial`` is ``consume_max_rps / trivial_max_rps``;
+   ``consume_vs_trivial_slices`` gives the minimum, median and maximum of the per-slice
+   ratios.
 
 Every twentieth consume goes to a *tight* wallet funded for only ``TIGHT_OPERATIONS``
 operations, so refusals (402, a correct answer, counted as served) happen under load; the bulk
@@ -71,6 +74,9 @@ TIGHT_OPERATIONS = 50
 # wallets is ~720 credits each.)
 BULK_FUNDING = 10_000_000
 SATURATION_OFFSET = 20_000_000  # above the open loop's 0..rate*seconds and the warm-up's 10M+
+SATURATION_SLICE_S = 1.0
+"""Length of one saturation slice; trivial and consume slices alternate (see _saturation)."""
+SATURATION_ROUND_INDICES = 1_000_000  # consume indices per slice: far above any slice's count
 WARMUP_OFFSET = 10_000_000
 
 
@@ -83,7 +89,7 @@ class ApiBenchPlan:
     redis_url: str
     api_processes: int = 1
     warmup_s: float = 2.0
-    saturation_s: float = 5.0  # closed-loop phase per endpoint; 0 skips it
+    saturation_s: float = 5.0  # closed-loop time per endpoint (in 1 s slices); 0 skips it
     saturation_connections: int = 32
 
 
@@ -257,6 +263,7 @@ async def run_api_bench(plan: ApiBenchPlan) -> dict[str, Any]:
         "api_cpu_us_per_request_max": phases.consume_max.cpu_us_per_request(),
         "trivial_api_cpu_us_per_request_max": phases.trivial_max.cpu_us_per_request(),
         "consume_vs_trivial": _ratio(consume_max, trivial_max),
+        "consume_vs_trivial_slices": _slice_ratios(phases.consume_max, phases.trivial_max),
     }
 
 
@@ -264,6 +271,7 @@ async def run_api_bench(plan: ApiBenchPlan) -> dict[str, Any]:
 class _Phase:
     result: LoadResult
     cpu_s: float  # the API processes' CPU time (user + system) during the phase
+    slices: tuple[LoadResult, ...] = ()  # the saturation slices merged into ``result``
 
     def cpu_us_per_request(self) -> float:
         return round(1e6 * self.cpu_s / max(1, len(self.result.samples)), 1)
@@ -291,19 +299,52 @@ async def _phases(
     if plan.saturation_s <= 0:
         skipped = _Phase(LoadResult(offered_rps=0.0, seconds=0.0), 0.0)
         return _Phases(trivial, consume, skipped, skipped)
-    connections, seconds = plan.saturation_connections, plan.saturation_s
-    trivial_max = await _measure(
-        api,
-        run_saturation(host, port, lambda i: HEALTH, connections=connections, seconds=seconds),
-    )
-    consume_max = await _measure(
-        api,
-        run_saturation(
-            host, port, lambda i: make(SATURATION_OFFSET + i),
-            connections=connections, seconds=seconds,
-        ),
-    )  # fmt: skip
+    trivial_max, consume_max = await _saturation(plan, port, make, api)
     return _Phases(trivial, consume, trivial_max, consume_max)
+
+
+async def _saturation(
+    plan: ApiBenchPlan, port: int, make: Callable[[int], Request], api: _Processes
+) -> tuple[_Phase, _Phase]:
+    """Saturation in alternating slices (trivial, consume, trivial, ...) of about
+    :data:`SATURATION_SLICE_S`, merged per endpoint. The machine's speed drifts by tens of
+    percent over a minute (measured: the trivial endpoint's CPU per request ranged 131-195 µs
+    from one run to the next); back-to-back phases compared one endpoint in a fast spell with
+    the other in a slow one, interleaved slices compare them under the same conditions."""
+    rounds = max(1, round(plan.saturation_s / SATURATION_SLICE_S))
+    trivial: list[_Phase] = []
+    consume: list[_Phase] = []
+    for n in range(rounds):
+        trivial.append(await _measure(api, _saturate(plan, port, _health)))
+        consume.append(await _measure(api, _saturate(plan, port, partial(_shifted, make, n))))
+    return _merged(trivial), _merged(consume)
+
+
+def _saturate(
+    plan: ApiBenchPlan, port: int, make: Callable[[int], Request]
+) -> Awaitable[LoadResult]:
+    rounds = max(1, round(plan.saturation_s / SATURATION_SLICE_S))
+    return run_saturation(
+        "127.0.0.1", port, make, connections=plan.saturation_connections,
+        seconds=plan.saturation_s / rounds,
+    )  # fmt: skip
+
+
+def _health(i: int) -> Request:
+    return HEALTH
+
+
+def _shifted(make: Callable[[int], Request], round_no: int, i: int) -> Request:
+    """The consume of index ``i`` of saturation round ``round_no`` (distinct across rounds)."""
+    return make(SATURATION_OFFSET + round_no * SATURATION_ROUND_INDICES + i)
+
+
+def _merged(slices: list[_Phase]) -> _Phase:
+    merged = LoadResult(offered_rps=0.0, seconds=sum(s.result.seconds for s in slices))
+    for each in slices:
+        merged.samples.extend(each.result.samples)
+        merged.failures += each.result.failures
+    return _Phase(merged, sum(s.cpu_s for s in slices), tuple(s.result for s in slices))
 
 
 async def _measure(api: _Processes, load: Awaitable[LoadResult]) -> _Phase:
@@ -311,6 +352,14 @@ async def _measure(api: _Processes, load: Awaitable[LoadResult]) -> _Phase:
     before = _cpu_s(api)
     result = await load
     return _Phase(result, _cpu_s(api) - before)
+
+
+def _slice_ratios(consume: _Phase, trivial: _Phase) -> dict[str, float]:
+    """Minimum, median and maximum of the per-round ratios (how much the machine moved)."""
+    ratios = sorted(_ratio(c, t) for c, t in zip(consume.slices, trivial.slices, strict=True))
+    if not ratios:
+        return {}
+    return {"min": ratios[0], "median": ratios[len(ratios) // 2], "max": ratios[-1]}
 
 
 def _errors(consume: LoadResult) -> int:

@@ -41,7 +41,7 @@ async def test_small_bench_reports_saturation_throughput_and_balances_agree() ->
         server_url=ADMIN_URL,
         redis_url=REDIS_URL,
         warmup_s=0.5,
-        saturation_s=1,
+        saturation_s=2,
         saturation_connections=4,
     )
 
@@ -60,6 +60,9 @@ async def test_small_bench_reports_saturation_throughput_and_balances_agree() ->
         result["consume_max_rps"] / result["trivial_max_rps"], 3
     )
     assert "consume_vs_trivial_at_offered_rate" in result
+    # Two alternating rounds of one-second slices, each with its own ratio.
+    slices = result["consume_vs_trivial_slices"]
+    assert 0 < slices["min"] <= slices["median"] <= slices["max"]
     # The saturation consumes were answered, and their 200s were charged (and tallied).
     assert sum(result["consume_max_statuses"].values()) > 0
     assert result["consume_max_p99_ms"] > 0
