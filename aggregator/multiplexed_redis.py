@@ -248,7 +248,13 @@ class MultiplexedRedis:
         return cast(bytes | None, await self.execute("GET", key))
 
     async def set(
-        self, key: str | bytes, value: Arg, *, nx: bool = False, ex: int | None = None
+        self,
+        key: str | bytes,
+        value: Arg,
+        *,
+        nx: bool = False,
+        ex: int | None = None,
+        px: int | None = None,
     ) -> bool:
         """``SET``; False when ``nx`` and the key exists."""
         args: list[Arg] = ["SET", key, value]
@@ -256,6 +262,8 @@ class MultiplexedRedis:
             args.append("NX")
         if ex is not None:
             args += ["EX", ex]
+        if px is not None:
+            args += ["PX", px]
         return await self.execute(*args) == b"OK"
 
     async def delete(self, *keys: str | bytes) -> int:

@@ -99,29 +99,19 @@ class IdempotencyStore:
         # wallet's slot, so the consume path's authorisation script can take it (aggregator.claim).
         return f"{self._prefix}:idem:{{{scope}}}:{hashlib.sha256(key.encode()).hexdigest()}"
 
-    async def execute(
-        self,
-        *,
-        scope: str,
-        key: str,
-        fingerprint: str,
-        instance: str,
-        action: Callable[[], Awaitable[tuple[int, Any]]],
-    ) -> Response:
-        """Claim the key (``SET NX``), then run ``action`` once; see the module docstring."""
+    def claim_first(self, action: Action) -> ClaimingAction:
+        """``action`` preceded by its own claim (``SET NX``): every route but consume, whose
+        authorisation script takes the claim itself."""
 
-        async def claim_then_act(claim: RequestClaim) -> tuple[int, Any]:
-            if not await self._client.set(claim.key, claim.record, nx=True, ex=LOCK_TTL_S):
+        async def claim_then_act(claim: RequestClaim) -> tuple[int, Body]:
+            if not await self._client.set(claim.key, claim.record, nx=True, px=claim.ttl_ms):
                 raise ClaimHeld(claim.key)
             claim.taken = True
             return await action()
 
-        return await self.execute_claiming(
-            scope=scope, key=key, fingerprint=fingerprint, instance=instance,
-            action=claim_then_act,
-        )  # fmt: skip
+        return claim_then_act
 
-    async def execute_claiming(
+    async def execute(
         self,
         *,
         scope: str,
@@ -130,8 +120,9 @@ class IdempotencyStore:
         instance: str,
         action: Callable[[RequestClaim], Awaitable[tuple[int, Any]]],
     ) -> Response:
-        """:meth:`execute` for an ``action`` that takes the claim itself, atomically with its
-        work (consume: in the authorisation script), and raises ``ClaimHeld`` if it exists.
+        """Run ``action`` once per (scope, key); see the module docstring. The action takes the
+        claim itself, atomically with its work (consume: in the authorisation script; every
+        other route: :meth:`claim_first`), and raises ``ClaimHeld`` if it exists.
 
         An action that fails before taking the claim (an invalid body, an unknown wallet) is
         answered as if it had claimed first: a final answer is recorded only if nobody holds
@@ -231,18 +222,7 @@ def _json(body: Body) -> Any:
 async def run_idempotent(request: Request, scope: str, key: str, action: Action) -> Response:
     """Execute ``action`` once per (scope, key); see the module docstring."""
     store: IdempotencyStore = request.app.state.services.idempotency
-
-    async def run() -> tuple[int, Any]:
-        status, body = await action()
-        return status, _json(body)
-
-    return await store.execute(
-        scope=scope,
-        key=key,
-        fingerprint=fingerprint(request.method, request.url.path, await request.body()),
-        instance=request.url.path,
-        action=run,
-    )
+    return await run_claiming(request, scope, key, store.claim_first(action))
 
 
 async def run_claiming(request: Request, scope: str, key: str, action: ClaimingAction) -> Response:
@@ -268,7 +248,7 @@ async def execute_claiming(
         status, out = await action(claim)
         return status, _json(out)
 
-    return await store.execute_claiming(
+    return await store.execute(
         scope=scope,
         key=key,
         fingerprint=fingerprint(method, path, body),

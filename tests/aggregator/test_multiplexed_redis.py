@@ -156,7 +156,8 @@ async def test_set_get_delete(mux: MultiplexedRedis, redis_py: Redis, prefix: st
     assert await mux.set(key, 3)
     assert await mux.get(key) == b"3"
     assert await redis_py.ttl(key) == -1  # a plain SET clears the TTL
-    assert await mux.set(other, 1.5)
+    assert await mux.set(other, 1.5, px=5_000)
+    assert 0 < await redis_py.pttl(other) <= 5_000
     assert await mux.delete(key, other, f"{prefix}missing") == 2
     assert await redis_py.exists(key, other) == 0
 
