@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from domain.errors import Unavailable
+from meter.direct_sender import DirectSender, DirectSendFailed
 from meter.schema import (
     DeadLetter,
     MessageSource,
@@ -65,6 +66,9 @@ class ProducerTuning:
     request_timeout_ms: int = 15_000
     delivery_timeout_s: float = 30.0  # upper bound on one record/record_many call
     client_id: str = "commdesk-meter"
+    direct_single_sends: bool = True
+    """Single-record publishes (every consume) go straight to the partition leader
+    (:mod:`meter.direct_sender`), falling back to the aiokafka producer on any failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,7 @@ class UsageProducer:
         self._clock = clock
         self._partitions: dict[tuple[str, bytes], tuple[int, int]] = {}
         """(topic, key) -> (the topic's partition count, the key's partition)."""
+        self._direct: DirectSender | None = None
 
     async def start(self) -> None:
         """Connect to the brokers. Raises :class:`~domain.errors.Unavailable` if unreachable."""
@@ -127,10 +132,20 @@ class UsageProducer:
             await producer.stop()
             raise Unavailable(f"Kafka at {self._bootstrap} is unreachable: {exc}") from exc
         self._producer = producer
+        if tuning.direct_single_sends:
+            self._direct = DirectSender(
+                producer.client,
+                client_id=tuning.client_id,
+                request_timeout_ms=tuning.request_timeout_ms,
+                max_request_bytes=tuning.max_request_bytes,
+            )
 
     async def stop(self) -> None:
         """Flush what is buffered and disconnect (only a producer this object created)."""
         if self._owns_producer and self._producer is not None:
+            direct, self._direct = self._direct, None
+            if direct is not None:
+                await direct.close()
             producer, self._producer = self._producer, None
             await producer.stop()
 
@@ -226,11 +241,19 @@ class UsageProducer:
     async def _publish_one(
         self, topic: str, message: tuple[bytes | None, bytes], message_id: str
     ) -> Delivery:
-        """:meth:`_publish` of one message (every consume), without the gather."""
+        """:meth:`_publish` of one message (every consume), without the gather: straight to
+        the partition's leader when it is known, else (or if that fails) through aiokafka."""
         key, value = message
         try:
             async with asyncio.timeout(self._tuning.delivery_timeout_s):
                 partition = self._partition_of(topic, key)
+                if self._direct is not None and partition is not None:
+                    try:
+                        offset = await self._direct.send(topic, partition, key, value)
+                    except DirectSendFailed:
+                        pass  # the client retries (reconnects, metadata) within the deadline
+                    else:
+                        return Delivery(topic, partition, offset)
                 pending = await self._producer.send(topic, value, key=key, partition=partition)
                 result = await pending
         except (KafkaError, TimeoutError) as exc:
