@@ -72,6 +72,17 @@ def register(subparsers: Any) -> None:
     )
     api.set_defaults(handler=_bench_api)
 
+    produce = commands.add_parser(
+        "produce",
+        help="single-record publishes at an offered rate: direct to the leader vs aiokafka",
+    )
+    produce.add_argument("--rate", type=float, default=1000.0, help="records per second")
+    produce.add_argument(
+        "--seconds", type=float, default=8.0, help="time per producer (alternating rounds)"
+    )
+    produce.add_argument("--rounds", type=int, default=4, help="alternating rounds (1-50)")
+    produce.set_defaults(handler=_bench_produce)
+
 
 def _server_url(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -179,3 +190,16 @@ def _bench_api(args: argparse.Namespace) -> int:
     result = run_fast(api_bench.run_api_bench(plan))
     print(json.dumps(result))
     return 0 if result["over_authorized"] == 0 and result["balance_mismatches"] == 0 else 1
+
+
+def _bench_produce(args: argparse.Namespace) -> int:
+    from stack import produce_bench  # noqa: PLC0415 -- starts a broker, only when asked
+
+    if not 1 <= args.rate <= 20_000 or not 0.1 <= args.seconds <= 600:
+        raise InvalidInput("--rate must be 1..20,000 and --seconds 0.1..600")
+    if not 1 <= args.rounds <= 50:
+        raise InvalidInput("--rounds must be 1..50")
+    plan = produce_bench.ProduceBenchPlan(args.rate, args.seconds, args.rounds)
+    # Every record is acknowledged or the run fails (PublishFailed): nothing to check after.
+    print(json.dumps(run_fast(produce_bench.run_produce_bench(plan))))
+    return 0
