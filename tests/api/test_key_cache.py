@@ -9,6 +9,7 @@ put an invalidation "in flight"). Time is an injected fake monotonic clock.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ import api.keys
 from api.keys import (
     CACHE_TTL_S,
     REFRESH_AFTER_S,
+    REFRESH_SPREAD_S,
     ApiKeys,
     IssuedKey,
     Principal,
@@ -145,6 +147,7 @@ async def env(ledger_pool: AsyncConnectionPool[Conn]) -> Env:
         cast(AsyncConnectionPool[Conn], db),
         admin_token=None,
         monotonic=lambda: clock[0],
+        jitter=lambda: 0.0,  # refreshes due exactly REFRESH_AFTER_S after a load
     )
     return Env(keys, db, ledger_pool, wallets, wallet_id, member_id, clock)
 
@@ -409,3 +412,26 @@ async def test_malformed_tokens_never_reach_the_database(env: Env, token: str | 
     with pytest.raises(Unauthenticated):
         await env.keys.authenticate(token)
     assert env.db.lookups == 0
+
+
+async def test_keys_loaded_together_are_refreshed_at_spread_times(env: Env) -> None:
+    """Keys first used in the same instant (a process's start) get refresh times spread over
+    REFRESH_SPREAD_S, each still before its expiry, so their refreshes do not arrive as one
+    burst of queries."""
+    fractions = [0.0, 0.25, 0.5, 0.75, 0.999]
+    draws = itertools.cycle(fractions)  # the refreshes draw again
+    env.keys._jitter = lambda: next(draws)
+    issued = [await env.issue() for _ in fractions]
+    env.keys._cache.clear()  # as in a process that has not seen them yet
+    for each in issued:
+        await env.keys.authenticate(each.token)
+    entries = [env.keys._cache[each.key_id] for each in issued]
+    assert [e.refresh_after - env.clock[0] for e in entries] == pytest.approx(
+        [REFRESH_AFTER_S + f * REFRESH_SPREAD_S for f in fractions]
+    )
+    assert all(e.refresh_after < e.expires == env.clock[0] + CACHE_TTL_S for e in entries)
+    env.advance(REFRESH_AFTER_S + 0.5 * REFRESH_SPREAD_S + 0.01)  # three of five are due
+    for each in issued:
+        await env.keys.authenticate(each.token)
+    await drain_refreshes(env.keys)
+    assert env.db.lookups == 5 + 3
