@@ -134,7 +134,6 @@ async def run_load(
         reader, writer = await asyncio.open_connection(host, port)
         idle.put_nowait(_Connection(reader, writer))
     opened = idle.qsize()
-    start = time.perf_counter() + 0.05
 
     async def connection() -> _Connection:
         nonlocal opened
@@ -160,7 +159,8 @@ async def run_load(
         idle.put_nowait(conn)
 
     tasks: list[asyncio.Task[None]] = []
-    with collector_paused():
+    with collector_paused():  # before the clock starts: its collection is not the server's
+        start = time.perf_counter() + 0.05
         for i in range(total):
             scheduled = start + i / rate
             delay = scheduled - time.perf_counter()
@@ -211,8 +211,6 @@ async def run_saturation(
         for conn in opened:
             conn.close()
         raise refused
-    start = time.perf_counter()
-    deadline = start + seconds
 
     async def loop(conn: _Connection | None) -> None:
         try:
@@ -238,7 +236,9 @@ async def run_saturation(
             if conn is not None:
                 conn.close()
 
-    with collector_paused():
+    with collector_paused():  # before the clock starts, as in run_load
+        start = time.perf_counter()
+        deadline = start + seconds
         await asyncio.gather(*(loop(conn) for conn in opened))
     result.seconds = max(seconds, time.perf_counter() - start)
     return result
