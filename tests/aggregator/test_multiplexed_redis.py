@@ -279,3 +279,63 @@ async def test_aclose_fails_pending_callers_and_later_calls(prefix: str) -> None
         await pending
     with pytest.raises(errors.ConnectionError, match="client closed"):
         await client.ping()
+
+
+# --- detached writes ---------------------------------------------------------------------------
+
+
+async def test_a_detached_write_runs_before_every_later_command(
+    mux: MultiplexedRedis, prefix: str
+) -> None:
+    await mux.ping()
+    failures: list[BaseException] = []
+    key = f"{prefix}detached"
+    assert mux.write_detached("SET", key, "first", on_failure=failures.append)
+    # Written to the same stream before this GET: it is already there, nothing awaited it.
+    assert await mux.get(key) == b"first"
+    assert failures == []
+
+
+async def test_a_detached_write_needs_an_open_writable_connection(
+    mux: MultiplexedRedis, redis_py: Redis, prefix: str
+) -> None:
+    failures: list[BaseException] = []
+    key = f"{prefix}detached"
+    assert not mux.write_detached("SET", key, "never", on_failure=failures.append)  # no connection
+    await mux.ping()
+    connection = mux._connection
+    assert connection is not None
+    connection.pause_writing()
+    assert not mux.write_detached("SET", key, "never", on_failure=failures.append)
+    connection.resume_writing()
+    await mux.ping()
+    assert await redis_py.exists(key) == 0
+    assert failures == []
+
+
+async def test_a_detached_error_reply_is_reported_and_the_stream_stays_in_step(
+    mux: MultiplexedRedis, redis_py: Redis, prefix: str
+) -> None:
+    key = f"{prefix}list"
+    await redis_py.rpush(key, "x")
+    await mux.ping()
+    failures: list[BaseException] = []
+    assert mux.write_detached("INCR", key, on_failure=failures.append)  # WRONGTYPE
+    assert await mux.execute("ECHO", "mine") == b"mine"
+    assert len(failures) == 1
+    assert isinstance(failures[0], errors.ResponseError)
+    assert "WRONGTYPE" in str(failures[0])
+
+
+async def test_a_detached_write_lost_with_the_connection_is_reported(
+    redis_py: Redis, prefix: str
+) -> None:
+    client = MultiplexedRedis.from_url(REDIS_URL)
+    await client.ping()
+    failures: list[BaseException] = []
+    key = f"{prefix}detached"
+    assert client.write_detached("SET", key, "lost", on_failure=failures.append)
+    await client.aclose()  # before the loop ran again: the command was never written
+    assert len(failures) == 1
+    assert isinstance(failures[0], errors.ConnectionError)
+    assert await redis_py.exists(key) == 0
