@@ -23,6 +23,12 @@ the record again through the aiokafka producer, which owns retries, reconnects a
 refreshes. A record written but not acknowledged may so be written twice: delivery is
 at-least-once and every consumer deduplicates on event id (ARCHITECTURE). After a failure
 every send takes the client's path for :data:`REST_AFTER_FAILURE_S`.
+
+A send may carry its caller's deadline (event-loop time): a record still waiting, or in a
+request still unanswered, when its deadline passes fails with ``DirectSendFailed`` (checked
+once a second by the connection's watchdog, so within a second of it, and without a timer per
+send: an ``asyncio.timeout`` per send cost ~3% of a consume's CPU). Connecting is bounded by
+the deadline and by ``request_timeout_ms``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,6 +74,8 @@ class _Queued:
     partition: int
     message: Message
     future: asyncio.Future[int]
+    deadline: float = math.inf
+    """Event-loop time after which its caller no longer waits for it."""
 
 
 @dataclass(slots=True)
@@ -74,6 +83,7 @@ class _InFlight:
     correlation_id: int
     sent_at: float
     batches: dict[tuple[str, int], list[asyncio.Future[int]]]
+    sends: list[_Queued]
 
 
 def _fail(future: asyncio.Future[int], reason: str) -> None:
@@ -172,7 +182,7 @@ class _BrokerLink(asyncio.Protocol):
             correlation_id, self.client_id, self.request_timeout_ms, batches
         )
         futures = {where: [g.future for g in group] for where, group in grouped.items()}
-        self.in_flight = _InFlight(correlation_id, time.monotonic(), futures)
+        self.in_flight = _InFlight(correlation_id, time.monotonic(), futures, sends)
         self.transport.write(frame)
         self.requests_sent += 1
         if self._watchdog is None:
@@ -187,9 +197,12 @@ class _BrokerLink(asyncio.Protocol):
         if time.monotonic() - self.in_flight.sent_at > self.request_timeout_ms / 1000:
             self.abort(f"{self.address} left a request unanswered for {self.request_timeout_ms} ms")
             return
-        self._watchdog = asyncio.get_running_loop().call_later(
-            _OVERDUE_CHECK_S, self._check_overdue
-        )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for each in (*self.in_flight.sends, *self.waiting):
+            if each.deadline <= now:  # the answer, if it comes, skips a done future
+                _fail(each.future, f"no acknowledgement from {self.address} by its deadline")
+        self._watchdog = loop.call_later(_OVERDUE_CHECK_S, self._check_overdue)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -262,9 +275,18 @@ class DirectSender:
         """Produce requests written on the open connections (sends share requests)."""
         return sum(link.requests_sent for link in self._links.values())
 
-    async def send(self, topic: str, partition: int, key: bytes | None, value: bytes) -> int:
+    async def send(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes,
+        *,
+        deadline: float | None = None,
+    ) -> int:
         """Write one record to ``topic``/``partition``; its offset once every in-sync replica
-        has it. Raises :class:`DirectSendFailed` if it was not acknowledged."""
+        has it. Raises :class:`DirectSendFailed` if it was not acknowledged, or not by
+        ``deadline`` (event-loop time; module docstring)."""
         if time.monotonic() < self._resting_until:
             raise DirectSendFailed("resting after a failure: the client sends meanwhile")
         if len(value) + len(key or b"") > MAX_DIRECT_RECORD_BYTES:
@@ -274,9 +296,16 @@ class DirectSender:
             raise DirectSendFailed(f"no known leader for {topic}/{partition}")
         link = self._links.get(leader)
         if link is None or link.closed:
-            link = await self._connect(leader)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    link = await self._connect(leader)
+            except TimeoutError as exc:
+                raise DirectSendFailed(f"no connection to broker {leader} by the deadline") from exc
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        link.enqueue(_Queued(topic, partition, (key, value, int(time.time() * 1000)), future))
+        message = (key, value, int(time.time() * 1000))
+        link.enqueue(
+            _Queued(topic, partition, message, future, math.inf if deadline is None else deadline)
+        )
         return await future
 
     async def _connect(self, node_id: int) -> _BrokerLink:
@@ -300,10 +329,11 @@ class DirectSender:
             self._correlation_ids,
         )
         try:
-            transport, _ = await asyncio.get_running_loop().create_connection(
-                lambda: link, broker.host, broker.port
-            )
-        except OSError as exc:
+            async with asyncio.timeout(self._timeout_ms / 1000):
+                transport, _ = await asyncio.get_running_loop().create_connection(
+                    lambda: link, broker.host, broker.port
+                )
+        except (OSError, TimeoutError) as exc:
             self._failed()
             raise DirectSendFailed(f"cannot connect to {link.address}: {exc!r}") from exc
         # uvloop may call connection_made after create_connection returns: set it here too.

@@ -244,16 +244,17 @@ class UsageProducer:
         """:meth:`_publish` of one message (every consume), without the gather: straight to
         the partition's leader when it is known, else (or if that fails) through aiokafka."""
         key, value = message
+        deadline = asyncio.get_running_loop().time() + self._tuning.delivery_timeout_s
+        partition = self._partition_of(topic, key)
+        if self._direct is not None and partition is not None:
+            try:  # bounded by the deadline without a timer per send (meter.direct_sender)
+                offset = await self._direct.send(topic, partition, key, value, deadline=deadline)
+            except DirectSendFailed:
+                pass  # the client retries (reconnects, metadata) within the deadline
+            else:
+                return Delivery(topic, partition, offset)
         try:
-            async with asyncio.timeout(self._tuning.delivery_timeout_s):
-                partition = self._partition_of(topic, key)
-                if self._direct is not None and partition is not None:
-                    try:
-                        offset = await self._direct.send(topic, partition, key, value)
-                    except DirectSendFailed:
-                        pass  # the client retries (reconnects, metadata) within the deadline
-                    else:
-                        return Delivery(topic, partition, offset)
+            async with asyncio.timeout_at(deadline):
                 pending = await self._producer.send(topic, value, key=key, partition=partition)
                 result = await pending
         except (KafkaError, TimeoutError) as exc:

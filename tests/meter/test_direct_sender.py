@@ -194,6 +194,37 @@ async def test_a_request_left_unanswered_fails_after_the_request_timeout() -> No
     assert 0.3 <= loop.time() - started < 3  # the watchdog looks once a second
 
 
+async def test_sends_past_their_deadline_fail_before_the_request_timeout() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = _sender(_SilentBroker("127.0.0.1", port), request_timeout_ms=60_000)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + 0.2
+    try:
+        in_flight = asyncio.ensure_future(sender.send("usage", 0, b"k", b"a", deadline=deadline))
+        await asyncio.sleep(0.05)  # written: the next send waits behind it
+        waiting = asyncio.ensure_future(sender.send("usage", 0, b"k", b"b", deadline=deadline))
+        patient = asyncio.ensure_future(sender.send("usage", 0, b"k", b"c"))
+        for send in (in_flight, waiting):
+            with pytest.raises(DirectSendFailed, match="deadline"):
+                await asyncio.wait_for(send, timeout=5)
+        assert loop.time() - started < 2.5  # the watchdog looks once a second
+        assert not patient.done()  # no deadline: only the request timeout ends it
+        patient.cancel()
+    finally:
+        await sender.close(drain_s=0)
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_usage_producer_falls_back_to_the_client_when_the_direct_send_fails(
     tansu: TansuBroker, topics: TopicNames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,7 +234,7 @@ async def test_usage_producer_falls_back_to_the_client_when_the_direct_send_fail
         assert direct is not None
         requests_before = direct.requests_sent
 
-        async def refuse(*_: object) -> int:
+        async def refuse(*_: object, **__: object) -> int:
             raise DirectSendFailed("refused by the test")
 
         monkeypatch.setattr(direct, "send", refuse)
