@@ -151,8 +151,13 @@ def _metadata_scalar(value: object) -> str | int | float | bool | None:
 MetadataValue = Annotated[str | int | float | bool | None, PlainValidator(_metadata_scalar)]
 
 
+_NO_METADATA: Final[Mapping[str, MetadataValue]] = MappingProxyType({})
+
+
 def _freeze_metadata(value: Mapping[str, MetadataValue]) -> Mapping[str, MetadataValue]:
     """Bound the flat metadata object and make it read-only."""
+    if not value:  # the usual case: nothing to bound, one shared empty mapping
+        return _NO_METADATA
     if len(value) > METADATA_MAX_KEYS:
         raise ValueError(f"at most {METADATA_MAX_KEYS} metadata keys, got {len(value)}")
     for key, item in value.items():
@@ -169,7 +174,7 @@ def _freeze_metadata(value: Mapping[str, MetadataValue]) -> Mapping[str, Metadat
 
 
 def _no_metadata() -> Mapping[str, MetadataValue]:
-    return MappingProxyType({})
+    return _NO_METADATA
 
 
 Metadata = Annotated[

@@ -201,6 +201,18 @@ def test_metadata_is_read_only() -> None:
         event.quantity = 4  # type: ignore[misc]
 
 
+def test_empty_metadata_is_read_only_and_encodes_as_an_empty_object() -> None:
+    events = [decode_usage_event(raw_event(metadata={})) for _ in range(2)]
+    defaulted = event_fields()
+    del defaulted["metadata"]
+    events.append(decode_usage_event(json.dumps(defaulted).encode()))
+    for event in events:
+        assert dict(event.metadata) == {}
+        with pytest.raises(TypeError):
+            event.metadata["channel"] = "sms"  # type: ignore[index]
+        assert json.loads(encode(event))["metadata"] == {}
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
