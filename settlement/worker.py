@@ -16,7 +16,9 @@ One batch, top to bottom (:meth:`SettlementPipeline.process_batch`, then the com
                 an event the mirror lost in a Redis flush is debited once (``settle.lua``)
     5. refuse   events the ledger rejected: release their reservation, reconcile each wallet
                 whose mirror proved wrong (a ledger refusal for credits, or a settle shortfall),
-                then UsageRejected with the reason on usage.rejected (acks=all) -- invariant 6
+                then UsageRejected with the reason on usage.rejected (acks=all) -- invariant 6;
+                with them, one balance_changed per wallet charged in the batch on wallet.events
+                (its state after the settle; settlement.balance_events)
     6. record   posted, duplicate and free events in ClickHouse (idempotent on event id)
     7. commit   the batch's offsets, only now that every write above is durable
 
@@ -74,7 +76,7 @@ from aiokafka.errors import KafkaError
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from aggregator.authorize import SettleCall, release, settle_many
+from aggregator.authorize import SettleCall, SettleResult, release, settle_many
 from aggregator.gc_tuning import tuned_for_batches
 from aggregator.redis_client import connect
 from aggregator.redis_keys import KeySpace
@@ -84,6 +86,7 @@ from domain.hash_chain import MetadataValue
 from domain.pricing import PricingCatalogue, load_catalogue
 from meter.producer import UsageProducer
 from meter.schema import (
+    BalanceChanged,
     MessageSource,
     SchemaViolation,
     UsageAuthorized,
@@ -92,6 +95,7 @@ from meter.schema import (
     encode,
 )
 from meter.topics import TopicNames, wallet_key
+from settlement.balance_events import usage_balance_changes
 from settlement.ledger.batch_writer import BatchOutcome, BatchWriter, UsageCharge
 from settlement.ledger.db import open_pool
 from settlement.ledger.writer import Conn
@@ -361,6 +365,7 @@ class PreparedBatch:
 class _Settled:
     recovered: int
     drifted: frozenset[str]
+    results: tuple[SettleResult, ...]
 
 
 def _utc_now() -> datetime:
@@ -454,7 +459,12 @@ class SettlementPipeline:
         refused = (*plan.refused, *_ledger_refusals(plan, outcome))
         drifted = sorted(settled.drifted | _short_of_credits(refused))
         await self._step("redis release", lambda: self._release(refused, drifted))
-        await self._step("kafka usage.rejected", lambda: self._publish_refusals(refused))
+        balances = usage_balance_changes(
+            outcome.posted, settled.results, outcome.versions, self._clock()
+        )
+        await self._step(
+            "kafka usage.rejected, wallet.events", lambda: self._announce(refused, balances)
+        )
         await self._step("clickhouse", lambda: self._record(plan, outcome))
         report = BatchReport(
             records=len(records),
@@ -507,6 +517,7 @@ class SettlementPipeline:
         return _Settled(
             recovered=sum(len(r.recovered_event_ids) for r in results),
             drifted=frozenset(r.wallet_id for r in results if r.shortfall),
+            results=tuple(results),
         )
 
     async def _release(self, refused: Sequence[Refusal], drifted: Sequence[str]) -> None:
@@ -525,15 +536,22 @@ class SettlementPipeline:
                 result.shortfall,
             )
 
-    async def _publish_refusals(self, refused: Sequence[Refusal]) -> None:
+    async def _announce(
+        self, refused: Sequence[Refusal], balances: Sequence[BalanceChanged]
+    ) -> None:
+        """The refusals on usage.rejected and the balances on wallet.events, sharing batches."""
         now = self._clock()
+        messages = [
+            *(
+                (self._topics.usage_rejected, refusal.authorized.event.wallet_id,
+                 encode(_rejection(refusal, now)))
+                for refusal in refused
+            ),
+            *((self._topics.wallet_events, b.wallet_id, encode(b)) for b in balances),
+        ]  # fmt: skip
         pending = [
-            await self._producer.send(
-                self._topics.usage_rejected,
-                encode(_rejection(refusal, now)),
-                key=wallet_key(refusal.authorized.event.wallet_id),
-            )
-            for refusal in refused
+            await self._producer.send(topic, value, key=wallet_key(wallet_id))
+            for topic, wallet_id, value in messages
         ]
         await asyncio.gather(*pending)  # every acknowledgement (acks=all) before the commit
 

@@ -4,7 +4,7 @@ Three loops, stopped by one :class:`asyncio.Event` (never only by cancellation: 
 library may swallow a cancel mid-command):
 
 * **trigger**: its own consumer group on ``wallet.events``. Per batch: decode -> keep the
-  balance observations (``low_balance``, ``balance_changed``; an auto-recharge
+  balance observations (``low_balance``, ``balance_changed`` but usage's; an auto-recharge
   ``payment_state_changed`` makes its pending try due now) -> observe each (concurrently,
   bounded; the database serialises claims per wallet) -> commit offsets. A crash before the
   commit redelivers the batch; claims are guarded by in-flight / cooldown / daily max, so a
@@ -13,6 +13,11 @@ library may swallow a cancel mid-command):
 * **scheduler**: every ``tick_s``, charge the tries that are due (retries after backoff,
   pending payments, leases left by a crashed worker); every ``sweep_s``, the sweep.
 * **outbox**: publish the ``recharge_*`` wallet events the store wrote, then mark them.
+
+Usage's ``balance_changed`` (one per wallet per settlement batch, for every active wallet) is
+not observed: an observation is a database claim, and usage's drops are announced by
+``low_balance`` when they cross the threshold; a wallet's own higher threshold is found by the
+sweep.
 
 Several API processes may run workers: they share the consumer group, and every decision is
 taken under a database lock, so "one recharge in flight per wallet" never rests on memory.
@@ -27,7 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiokafka import AIOKafkaConsumer
 
@@ -42,6 +47,7 @@ from meter.schema import (
     decode_wallet_event,
 )
 from meter.topics import TopicNames, wallet_key
+from settlement.balance_events import USAGE_CAUSE
 from stack.retry_policy import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -135,7 +141,7 @@ class RechargeWorker:
                     "wallet.events %s@%s unreadable: %s", record.partition, record.offset, exc
                 )
                 continue
-            if isinstance(event, LowBalance | BalanceChanged) and event.occurred_at >= oldest:
+            if _observed(event) and event.occurred_at >= oldest:
                 observations.append(observe(event))
             elif isinstance(event, PaymentStateChanged) and event.purpose == "auto_recharge":
                 observations.append(self._engine.store.nudge(event.payment_id))
@@ -183,3 +189,10 @@ class RechargeWorker:
                 log.warning("auto-recharge: %s failed (attempt %d); retrying", what, attempt)
                 await asyncio.sleep(policy.delay_s(attempt))
         return True
+
+
+def _observed(event: object) -> TypeGuard[LowBalance | BalanceChanged]:
+    """A balance observation the trigger loop acts on (module docstring)."""
+    if isinstance(event, BalanceChanged):
+        return event.cause != USAGE_CAUSE
+    return isinstance(event, LowBalance)

@@ -11,7 +11,7 @@ from aggregator.hold_types import HoldOutcome, HoldRequest
 from aggregator.holds import capture_hold, release_hold, reserve_hold
 from aggregator.wallet_store import WalletStore
 from domain.pricing import load_catalogue
-from meter.schema import decode_usage_rejected, encode
+from meter.schema import BalanceChanged, decode_usage_rejected, decode_wallet_event, encode
 from meter.topics import TopicNames
 from settlement.ledger.operations import Ledger
 from settlement.ledger.wallets import Wallets
@@ -69,6 +69,42 @@ async def test_a_batch_reaches_every_sink_once(
     assert await in_flight(mirror, W) == {}
     assert await assert_mirror_never_promises_more(ledger_pool, mirror, W) == (950, 950)
     await assert_consistent(ledger_db_url)
+
+
+async def test_a_batch_announces_each_charged_wallets_balance_once(
+    pipeline: SettlementPipeline,
+    wallets: Wallets,
+    ledger: Ledger,
+    ledger_pool: AsyncConnectionPool[Conn],
+    mirror: WalletStore,
+    topics: TopicNames,
+    tansu: TansuBroker,
+) -> None:
+    other = "wal_pipe_2"
+    await fund(wallets, ledger, W, 1_000)
+    await fund(wallets, ledger, other, 500)
+    await reconcile_all(ledger_pool, mirror)
+    events = [usage_authorized(f"ev-{i}", W, 10) for i in range(3)]
+    events.append(usage_authorized("ev-other", other, 25))
+    free = usage_authorized("ev-free", other, 0, feature="community.invite_member")
+    for event in (*events, free):
+        await reserve(mirror, event)
+    records = as_records(topics.usage_authorized, [encode(e) for e in (*events, free)])
+
+    await pipeline.process_batch(records)
+    await pipeline.process_batch(records)  # redelivered: duplicates change no balance
+
+    announced = [
+        decode_wallet_event(r.value)
+        for r in await read_topic(tansu.bootstrap, topics.wallet_events, 2)
+    ]
+    balances = {e.wallet_id: e for e in announced if isinstance(e, BalanceChanged)}
+    assert len(announced) == len(balances) == 2
+    mine, theirs = balances[W], balances[other]
+    assert (mine.available_credits, mine.reserved_credits, mine.delta_credits) == (970, 0, -30)
+    assert (theirs.available_credits, theirs.delta_credits) == (475, -25)
+    assert (mine.cause, mine.source_id, theirs.source_id) == ("usage", "ev-2", "ev-other")
+    assert await assert_mirror_never_promises_more(ledger_pool, mirror, W) == (970, 970)
 
 
 async def test_the_same_event_delivered_many_times_is_charged_once(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -19,8 +19,8 @@ from api.recharge.store import RechargeStore
 from api.recharge.worker import RechargeWorker, WorkerConfig
 from domain.auto_recharge import StartVerdict, settings_from
 from domain.clock import SystemClock
-from meter.consume import DecisionProducer
-from meter.schema import LowBalance, decode_wallet_event, encode
+from meter.consume import DecisionProducer, Outbound
+from meter.schema import BalanceChanged, LowBalance, decode_wallet_event, encode
 from meter.topics import TopicNames, wallet_key
 from settlement.ledger.wallets import Wallets
 from settlement.ledger.writer import Conn
@@ -47,6 +47,30 @@ async def live_wallet(wallets: Wallets, ledger_pool: AsyncConnectionPool[Conn]) 
 async def producer(tansu: TansuBroker, topics: TopicNames) -> AsyncIterator[DecisionProducer]:
     async with DecisionProducer(bootstrap=tansu.bootstrap, topics=topics) as started:
         yield started
+
+
+WorkerFactory = Callable[[RecordingCharger, str], RechargeWorker]
+
+
+@pytest.fixture
+def make_worker(
+    ledger_pool: AsyncConnectionPool[Conn],
+    mirror: WalletStore,
+    tansu: TansuBroker,
+    topics: TopicNames,
+    producer: DecisionProducer,
+) -> WorkerFactory:
+    """A worker (not started) in its own consumer group, as one API process runs it."""
+
+    def make(charger: RecordingCharger, group_id: str) -> RechargeWorker:
+        store = RechargeStore(ledger_pool, SystemClock())
+        engine = RechargeEngine(store, charger, SystemClock(), mirror)
+        config = WorkerConfig(
+            bootstrap=tansu.bootstrap, topics=topics, group_id=group_id, tick_s=0.2
+        )
+        return RechargeWorker(engine, producer, config, SystemClock())
+
+    return make
 
 
 async def test_a_thousand_concurrent_observations_start_one_recharge(
@@ -78,19 +102,12 @@ async def test_worker_reacts_to_low_balance_events_on_kafka(
     mirror: WalletStore,
     tansu: TansuBroker,
     topics: TopicNames,
-    producer: DecisionProducer,
+    make_worker: WorkerFactory,
 ) -> None:
     await load_wallet(mirror, live_wallet, ledger_available=120, ledger_version=1)
     charger = RecordingCharger(delay_s=0.05)
-    workers = []
-    for n in range(2):  # two API processes; separate groups: both see every event
-        engine = RechargeEngine(
-            RechargeStore(ledger_pool, SystemClock()), charger, SystemClock(), mirror
-        )
-        config = WorkerConfig(
-            bootstrap=tansu.bootstrap, topics=topics, group_id=f"auto-recharge-{n}", tick_s=0.2
-        )
-        workers.append(RechargeWorker(engine, producer, config, SystemClock()))
+    # Two API processes; separate groups: both see every event.
+    workers = [make_worker(charger, f"auto-recharge-{n}") for n in range(2)]
     await asyncio.gather(*(w.start() for w in workers))
     try:
         await _produce_crossings(tansu.bootstrap, topics, live_wallet, 1000)
@@ -106,6 +123,44 @@ async def test_worker_reacts_to_low_balance_events_on_kafka(
     assert sorted(e.type for e in recharge_events) == sorted(expected)
     recent = await RechargeStore(ledger_pool, SystemClock()).recent(live_wallet)
     assert [r.state for r in recent] == ["succeeded"]
+
+
+async def test_worker_leaves_usage_balance_changes_to_the_sweep(
+    live_wallet: str,
+    mirror: WalletStore,
+    topics: TopicNames,
+    producer: DecisionProducer,
+    make_worker: WorkerFactory,
+) -> None:
+    await load_wallet(mirror, live_wallet, ledger_available=120, ledger_version=1)
+    worker = make_worker(RecordingCharger(), "auto-recharge-usage")
+    await worker.start()
+    try:
+        # Settlement's usage balances (below the threshold), then one purchase's balance.
+        await producer.publish(
+            [_balance(topics, live_wallet, f"usage-{n}", "usage") for n in range(5)]
+            + [_balance(topics, live_wallet, "purchase-1", "purchase")]
+        )
+        await wait_for(_all_observed([worker], 1), timeout_s=30)
+        await asyncio.sleep(0.5)  # every record of the batch has been looked at by now
+    finally:
+        await worker.stop()
+    assert worker.observed == 1  # the purchase's; usage's are not database claims
+
+
+def _balance(topics: TopicNames, wallet_id: str, source_id: str, cause: str) -> Outbound:
+    event = BalanceChanged(
+        type="balance_changed",
+        event_id=f"balance:{cause}:{source_id}",
+        wallet_id=wallet_id,
+        occurred_at=datetime.now(UTC),
+        available_credits=120,
+        reserved_credits=0,
+        delta_credits=-10,
+        cause=cause,
+        source_id=source_id,
+    )
+    return Outbound(topics.wallet_events, wallet_key(wallet_id), encode(event), source_id)
 
 
 async def _produce_crossings(bootstrap: str, topics: TopicNames, wallet_id: str, n: int) -> None:
