@@ -64,7 +64,9 @@ class ProducerTuning:
     max_batch_bytes: int = 512 * 1024
     max_request_bytes: int = 2 * 1024 * 1024  # a dead letter embeds up to 256 KiB of raw bytes
     request_timeout_ms: int = 15_000
-    delivery_timeout_s: float = 30.0  # upper bound on one record/record_many call
+    delivery_timeout_s: float = 30.0
+    """Upper bound on one record/record_many call (a single record's direct send is checked
+    against it once a second: :mod:`meter.direct_sender`)."""
     client_id: str = "commdesk-meter"
     direct_single_sends: bool = True
     """Single-record publishes (every consume) go straight to the partition leader
