@@ -91,7 +91,7 @@ class _Detached:
         return False
 
     def set_result(self, result: object, /) -> None:
-        pass
+        """A success needs nothing: the caller did not wait for it."""
 
     def set_exception(self, exception: BaseException, /) -> None:
         self._on_failure(exception)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
@@ -18,3 +20,16 @@ def new_client() -> Redis:
 
 def new_keyspace(shards: int = 1) -> KeySpace:
     return KeySpace(prefix=f"t{uuid.uuid4().hex[:12]}", hold_index_shards=shards)
+
+
+@asynccontextmanager
+async def cleaning_client(pattern: str) -> AsyncIterator[Redis]:
+    """A redis-py client that deletes the keys matching ``pattern`` afterwards."""
+    client = new_client()
+    try:
+        yield client
+        doomed = [key async for key in client.scan_iter(match=pattern, count=1000)]
+        if doomed:
+            await client.delete(*doomed)
+    finally:
+        await client.aclose()

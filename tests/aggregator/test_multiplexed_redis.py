@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from aggregator.multiplexed_redis import MultiplexedRedis
 from stack.ports import free_port
-from tests.redis_support import REDIS_URL
+from tests.redis_support import REDIS_URL, cleaning_client
 
 pytestmark = pytest.mark.redis
 
@@ -38,12 +38,8 @@ def prefix() -> str:
 @pytest.fixture
 async def redis_py(prefix: str) -> AsyncIterator[Redis]:
     """A redis-py client on the same database, which deletes the test's keys afterwards."""
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    doomed = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-    if doomed:
-        await client.delete(*doomed)
-    await client.aclose()
+    async with cleaning_client(f"{prefix}*") as client:
+        yield client
 
 
 @pytest.fixture

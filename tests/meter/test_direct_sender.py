@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,7 +172,9 @@ class _SilentBroker:
         pass  # nothing to refresh: this broker is all there is
 
 
-async def test_a_request_left_unanswered_fails_after_the_request_timeout() -> None:
+@asynccontextmanager
+async def _silent_sender(request_timeout_ms: int) -> AsyncIterator[DirectSender]:
+    """A sender whose only broker accepts connections and never answers."""
     accepted: list[asyncio.StreamWriter] = []
 
     async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -179,34 +182,31 @@ async def test_a_request_left_unanswered_fails_after_the_request_timeout() -> No
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    sender = _sender(_SilentBroker("127.0.0.1", port), request_timeout_ms=300)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    sender = _sender(_SilentBroker("127.0.0.1", port), request_timeout_ms=request_timeout_ms)
     try:
-        with pytest.raises(DirectSendFailed, match="unanswered"):
-            await asyncio.wait_for(sender.send("usage", 0, b"k", b"v"), timeout=5)
+        yield sender
     finally:
         await sender.close(drain_s=0)
         for writer in accepted:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_request_left_unanswered_fails_after_the_request_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with _silent_sender(request_timeout_ms=300) as sender:
+        with pytest.raises(DirectSendFailed, match="unanswered"):
+            await asyncio.wait_for(sender.send("usage", 0, b"k", b"v"), timeout=5)
     assert 0.3 <= loop.time() - started < 3  # the watchdog looks once a second
 
 
 async def test_sends_past_their_deadline_fail_before_the_request_timeout() -> None:
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    sender = _sender(_SilentBroker("127.0.0.1", port), request_timeout_ms=60_000)
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + 0.2
-    try:
+    async with _silent_sender(request_timeout_ms=60_000) as sender:
         in_flight = asyncio.ensure_future(sender.send("usage", 0, b"k", b"a", deadline=deadline))
         await asyncio.sleep(0.05)  # written: the next send waits behind it
         waiting = asyncio.ensure_future(sender.send("usage", 0, b"k", b"b", deadline=deadline))
@@ -217,12 +217,6 @@ async def test_sends_past_their_deadline_fail_before_the_request_timeout() -> No
         assert loop.time() - started < 2.5  # the watchdog looks once a second
         assert not patient.done()  # no deadline: only the request timeout ends it
         patient.cancel()
-    finally:
-        await sender.close(drain_s=0)
-        for writer in accepted:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_usage_producer_falls_back_to_the_client_when_the_direct_send_fails(
